@@ -1,0 +1,41 @@
+# A new user needs two commands: `make up` (set up, then run the main job) and `make test`.
+# Set-up installs torch first, so pip never pulls a multi-GB CUDA build onto a CPU machine that
+# has the CPU wheel at hand; GPU users can set TORCH to their own pin (or keep their build).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup up test test-fast lint format bench clean
+
+$(BIN)/robot-sac: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $@
+
+setup: $(BIN)/robot-sac  ## create .venv with the project and every extra
+
+up: setup  ## the main job: train SAC in-process on Pendulum-v1 and score the saved policy
+	$(BIN)/robot-sac train-local
+
+test: setup  ## the whole suite, the slow learning tests included (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## everything but the tests marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup  ## the core benchmarks (minutes; they print figures and write bench/results/)
+	$(BIN)/python bench/learner_throughput.py
+	$(BIN)/python bench/gradient_estimators.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,135 @@
+"""The actor and the twin critics.
+
+The critics are one module: the ``n`` Q-functions keep their weights stacked and run as one
+batched matrix product per layer, so both Q-values cost one kernel per layer instead of two Python
+calls. That matters because SAC evaluates the critics three times per update.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robot_sac.config import PolicyFamily
+from robot_sac.distributions import BoundedBeta, TanhNormal
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    """``Linear -> ReLU`` for each hidden size, then a final ``Linear``."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """The policy network: observation -> the two parameters of the action distribution.
+
+    For ``tanh_normal`` they are ``loc`` and ``scale``, with the log of the scale squashed into
+    ``[log_std_min, log_std_max]`` (a smooth bound keeps the gradient alive at the edges). For
+    ``beta`` they are the two concentrations, each ``1 + softplus(.)`` so the Beta stays
+    unimodal and its mode is the deterministic action.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        family: PolicyFamily = "tanh_normal",
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if family not in ("tanh_normal", "beta"):
+            raise ValueError(f"unknown policy family {family!r}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.hidden = tuple(int(h) for h in hidden)
+        self.family: PolicyFamily = family
+        self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
+        self.net = mlp(obs_dim, self.hidden, 2 * action_dim)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``obs`` ``(*batch, obs_dim)`` -> two tensors ``(*batch, action_dim)``."""
+        first, second = self.net(obs).chunk(2, dim=-1)
+        if self.family == "tanh_normal":
+            log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (
+                torch.tanh(second) + 1.0
+            )
+            return first, log_std.exp()
+        return 1.0 + F.softplus(first), 1.0 + F.softplus(second)
+
+    def dist(self, obs: Tensor) -> TanhNormal | BoundedBeta:
+        """The action distribution on ``[-1, 1]`` for ``obs`` ``(*batch, obs_dim)``."""
+        p, q = self(obs)
+        return TanhNormal(p, q) if self.family == "tanh_normal" else BoundedBeta(p, q)
+
+
+class TwinCritic(nn.Module):
+    """``n`` independent Q-functions ``Q_i(s, a)`` evaluated in one batched pass.
+
+    Each has the layout of :func:`mlp` (input ``obs_dim + action_dim``, ``hidden`` sizes, one
+    output) and PyTorch's default ``nn.Linear`` initialisation. Layer ``k`` of all ``n`` networks
+    is one weight ``(n, in_k, out_k)`` and one ``torch.baddbmm``.
+    """
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), n: int = 2
+    ) -> None:
+        super().__init__()
+        self.n = n
+        self.hidden = tuple(int(h) for h in hidden)
+        sizes = [obs_dim + action_dim, *self.hidden, 1]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(n, h_in, h_out)) for h_in, h_out in itertools.pairwise(sizes)
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.empty(n, 1, h_out)) for h_out in sizes[1:]
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # nn.Linear's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        for w, b in zip(self.weights, self.biases, strict=True):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            w.uniform_(-bound, bound)
+            b.uniform_(-bound, bound)
+
+    def forward(self, obs_action: Tensor, params: Sequence[Tensor] | None = None) -> Tensor:
+        """Q-values of every critic.
+
+        Args:
+            obs_action: ``(B, obs_dim + action_dim)``, observation and action side by side.
+            params: tensors in the order of :meth:`parameters` (every layer's weight, then every
+                layer's bias) to use instead of this module's own: its detached weights, say.
+
+        Returns:
+            ``(n, B)``.
+        """
+        params = list(self.parameters()) if params is None else params
+        layers = len(params) // 2
+        # A stride-0 view: the n networks read one input without copying it n times.
+        x = obs_action.unsqueeze(0).expand(self.n, *obs_action.shape)
+        for i in range(layers):
+            x = torch.baddbmm(params[layers + i], x, params[i])
+            if i < layers - 1:
+                x = torch.relu_(x)
+        return x.squeeze(-1)
+
+    def q(self, index: int, obs_action: Tensor) -> Tensor:
+        """Q-function ``index`` alone as a plain MLP, ``(B,)``; a reference for tests."""
+        x = obs_action
+        layers = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = x @ w[index] + b[index, 0]
+            if i < layers - 1:
+                x = torch.relu(x)
+        return x.squeeze(-1)

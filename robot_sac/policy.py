@@ -1,0 +1,331 @@
+"""Policy version files: the actor's weights in safetensors, self-describing, validated on load.
+
+A version file is what the learner publishes and the service serves. It holds only the actor
+(training state stays with the learner) and, in the safetensors metadata, everything needed to
+rebuild and use it alone: the policy family, the task's sizes and action bounds, the network
+sizes, the version number, its creation time and how many updates produced it.
+
+:func:`load_policy` checks a file before anything can act with it, and raises
+:class:`PolicyFileError` naming the failed check. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from robot_sac.config import PolicyFamily
+from robot_sac.fileio import write_atomic
+from robot_sac.networks import Actor
+
+FORMAT = "robot_sac.policy/1"
+_MAX_HEADER = 16 * 1024 * 1024
+_FIELDS = (
+    "format",
+    "family",
+    "obs_dim",
+    "action_dim",
+    "action_low",
+    "action_high",
+    "hidden",
+    "log_std_min",
+    "log_std_max",
+    "version",
+    "created_at",
+    "updates",
+)
+
+
+class PolicyFileError(ValueError):
+    """A version file failed a check; ``check`` names which one."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"policy file refused ({check}): {message}")
+        self.check = check
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What a version file says about itself (its safetensors metadata, parsed and checked)."""
+
+    family: PolicyFamily
+    obs_dim: int
+    action_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    hidden: tuple[int, ...]
+    log_std_min: float
+    log_std_max: float
+    version: int
+    created_at: str
+    updates: int
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors metadata (string to string) that encodes this info."""
+        return {
+            "format": FORMAT,
+            "family": self.family,
+            "obs_dim": str(self.obs_dim),
+            "action_dim": str(self.action_dim),
+            "action_low": json.dumps(list(self.action_low)),
+            "action_high": json.dumps(list(self.action_high)),
+            "hidden": json.dumps(list(self.hidden)),
+            "log_std_min": repr(self.log_std_min),
+            "log_std_max": repr(self.log_std_max),
+            "version": str(self.version),
+            "created_at": self.created_at,
+            "updates": str(self.updates),
+        }
+
+
+def policy_bytes(
+    actor: Actor,
+    action_low: Sequence[float],
+    action_high: Sequence[float],
+    version: int,
+    updates: int = 0,
+    created_at: str | None = None,
+) -> bytes:
+    """Serialise ``actor`` and its metadata as the bytes of a version file."""
+    info = PolicyInfo(
+        family=actor.family,
+        obs_dim=actor.obs_dim,
+        action_dim=actor.action_dim,
+        action_low=tuple(float(x) for x in action_low),
+        action_high=tuple(float(x) for x in action_high),
+        hidden=actor.hidden,
+        log_std_min=actor.log_std_min,
+        log_std_max=actor.log_std_max,
+        version=int(version),
+        created_at=created_at or dt.datetime.now(dt.timezone.utc).isoformat(),
+        updates=int(updates),
+    )
+    _check_info(info)
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in actor.state_dict().items()
+    }
+    return safetensors.torch.save(tensors, metadata=info.metadata())
+
+
+def save_policy(
+    path: str | Path,
+    actor: Actor,
+    action_low: Sequence[float],
+    action_high: Sequence[float],
+    version: int,
+    updates: int = 0,
+    created_at: str | None = None,
+) -> str:
+    """Write a version file atomically (temp file, fsync, rename, directory fsync).
+
+    Returns:
+        The file's sha256 (hex), for the registry to check on every later load.
+    """
+    return write_atomic(
+        path, policy_bytes(actor, action_low, action_high, version, updates, created_at)
+    )
+
+
+def read_policy_info(data: bytes) -> PolicyInfo:
+    """Parse and check the metadata of a version file's bytes without loading its tensors."""
+    if len(data) < 8:
+        raise PolicyFileError("format", f"{len(data)} bytes is too short for a safetensors file")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if not 2 <= header_len <= min(_MAX_HEADER, len(data) - 8):
+        raise PolicyFileError("format", "not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyFileError(
+            "format", f"not a safetensors file (header is not JSON: {exc})"
+        ) from exc
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise PolicyFileError("metadata", "the file carries no metadata: not a robot_sac policy")
+    meta: dict[str, Any] = header["__metadata__"]
+    missing = [k for k in _FIELDS if k not in meta]
+    if missing:
+        raise PolicyFileError("metadata", f"missing fields: {', '.join(missing)}")
+    if meta["format"] != FORMAT:
+        raise PolicyFileError("metadata", f"format {meta['format']!r}, expected {FORMAT!r}")
+    try:
+        info = PolicyInfo(
+            family=meta["family"],
+            obs_dim=int(meta["obs_dim"]),
+            action_dim=int(meta["action_dim"]),
+            action_low=tuple(float(x) for x in json.loads(meta["action_low"])),
+            action_high=tuple(float(x) for x in json.loads(meta["action_high"])),
+            hidden=tuple(int(h) for h in json.loads(meta["hidden"])),
+            log_std_min=float(meta["log_std_min"]),
+            log_std_max=float(meta["log_std_max"]),
+            version=int(meta["version"]),
+            created_at=str(meta["created_at"]),
+            updates=int(meta["updates"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise PolicyFileError("metadata", f"a field does not parse: {exc}") from exc
+    _check_info(info)
+    return info
+
+
+def _check_info(info: PolicyInfo) -> None:
+    if info.family not in get_args(PolicyFamily):
+        raise PolicyFileError("metadata", f"unknown policy family {info.family!r}")
+    if info.obs_dim < 1 or info.action_dim < 1:
+        raise PolicyFileError("metadata", f"obs_dim={info.obs_dim}, action_dim={info.action_dim}")
+    if not info.hidden or min(info.hidden) < 1:
+        raise PolicyFileError("metadata", f"hidden sizes {list(info.hidden)}")
+    if not (len(info.action_low) == len(info.action_high) == info.action_dim):
+        raise PolicyFileError("metadata", "action bounds do not have action_dim entries")
+    for i, (lo, hi) in enumerate(zip(info.action_low, info.action_high, strict=True)):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise PolicyFileError("metadata", f"action bound {i} is [{lo}, {hi}]")
+    if not (math.isfinite(info.log_std_min) and math.isfinite(info.log_std_max)):
+        raise PolicyFileError("metadata", "log_std bounds are not finite")
+    if info.log_std_min >= info.log_std_max:
+        raise PolicyFileError("metadata", "log_std_min must be below log_std_max")
+    if info.version < 0 or info.updates < 0:
+        raise PolicyFileError("metadata", "version and updates must be non-negative")
+
+
+class Policy:
+    """A validated, loaded version: acts in robot units, always finite and inside the bounds.
+
+    Attributes:
+        info: the file's metadata.
+        sha256: the file's hash.
+        actor: the network (eval mode, on :attr:`device`).
+        safe_action: what a non-finite action is replaced with, ``(action_dim,)``.
+        replaced: how many actions so far were non-finite and replaced by ``safe_action``.
+    """
+
+    def __init__(
+        self,
+        info: PolicyInfo,
+        actor: Actor,
+        sha256: str,
+        safe_action: Sequence[float] | None = None,
+    ) -> None:
+        self.info, self.actor, self.sha256 = info, actor.eval(), sha256
+        self.device = next(actor.parameters()).device
+        low = torch.tensor(info.action_low, dtype=torch.float32, device=self.device)
+        high = torch.tensor(info.action_high, dtype=torch.float32, device=self.device)
+        self.low, self.high = low, high
+        self._half_range = (high - low) / 2
+        if safe_action is None:
+            safe = torch.zeros_like(low).clamp(low, high)
+        else:
+            safe = torch.as_tensor(safe_action, dtype=torch.float32, device=self.device)
+            if safe.shape != low.shape or not bool(((safe >= low) & (safe <= high)).all()):
+                raise ValueError("safe_action must have action_dim entries inside the bounds")
+        self.safe_action = safe
+        self.replaced = 0
+
+    @property
+    def version(self) -> int:
+        return self.info.version
+
+    @property
+    def obs_dim(self) -> int:
+        return self.info.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.info.action_dim
+
+    @torch.inference_mode()
+    def act_tensor(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Actions for a batch on the policy's device.
+
+        Args:
+            obs: ``(B, obs_dim)`` float32 on :attr:`device`.
+
+        Returns:
+            ``(actions, replaced)``: ``(B, action_dim)`` in robot units, finite and inside the
+            bounds; ``(B,)`` bool, True where the policy's output was not finite and the safe
+            action was answered instead.
+        """
+        dist = self.actor.dist(obs)
+        unit = dist.mode if deterministic else dist.rsample_and_log_prob()[0]
+        action = torch.addcmul(self.low, unit + 1.0, self._half_range)
+        bad = ~torch.isfinite(action).all(-1)
+        action = torch.where(bad.unsqueeze(-1), self.safe_action, action)
+        return torch.clamp(action, self.low, self.high), bad
+
+    def act(self, obs: Any, deterministic: bool = False) -> Any:
+        """Actions in robot units for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``.
+
+        Accepts numpy arrays, torch tensors or nested lists; answers a torch tensor (on the
+        input's device) for a tensor, a float32 numpy array otherwise.
+        """
+        as_torch = isinstance(obs, Tensor)
+        in_device = obs.device if as_torch else None
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not as_torch else obs)
+        x = x.to(self.device, torch.float32)
+        obs_shape = x.shape
+        single = x.dim() == 1
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"observation of shape {tuple(obs_shape)} does not match the policy's "
+                f"obs_dim {self.obs_dim}"
+            )
+        action, bad = self.act_tensor(x, deterministic)
+        self.replaced += int(bad.sum())
+        if single:
+            action = action[0]
+        return action.to(in_device) if as_torch else action.cpu().numpy()
+
+
+def load_policy(
+    source: str | Path | bytes,
+    sha256: str | None = None,
+    device: str | torch.device = "cpu",
+    safe_action: Sequence[float] | None = None,
+) -> Policy:
+    """Load and validate a version file (a path or its bytes).
+
+    Checks, in order: the sha256 when one is given, the safetensors header and the metadata
+    (complete, parseable, consistent), the tensor names and shapes the metadata implies, the dtype,
+    and that every weight is finite. Any failure raises :class:`PolicyFileError`.
+    """
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256.lower():
+        raise PolicyFileError("sha256", f"expected {sha256}, the file hashes to {digest}")
+    info = read_policy_info(data)
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error type for any corruption
+        raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
+    actor = Actor(
+        info.obs_dim, info.action_dim, info.hidden, info.family, info.log_std_min, info.log_std_max
+    )
+    expected = {k: tuple(v.shape) for k, v in actor.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if set(got) != set(expected):
+        extra, absent = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
+        raise PolicyFileError("tensors", f"unexpected {extra}, missing {absent}")
+    for name, shape in expected.items():
+        if got[name] != shape:
+            raise PolicyFileError(
+                "shapes", f"{name} has shape {list(got[name])}, expected {list(shape)}"
+            )
+        if tensors[name].dtype != torch.float32:
+            raise PolicyFileError("dtype", f"{name} is {tensors[name].dtype}, expected float32")
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
+    actor.load_state_dict(tensors)
+    return Policy(info, actor.to(device), digest, safe_action)

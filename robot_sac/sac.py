@@ -1,0 +1,171 @@
+"""The SAC update (Haarnoja et al. 2018): twin Q, target networks, automatic temperature.
+
+Read :meth:`SAC.losses` and :meth:`SAC.update` top to bottom: they are the algorithm. Names follow
+the paper: ``gamma`` (discount), ``tau`` (Polyak rate), ``alpha`` (temperature, learnt as
+``log_alpha``), ``target_entropy`` (``-action_dim`` by default).
+
+Performance notes (the update is the learner's hot path):
+- the three losses share one autograd graph and one ``backward()``; each loss reaches only its own
+  parameters (the critic is evaluated with detached weights inside the actor loss, and the alpha
+  loss sees a detached log-probability), so this equals three separate backward passes;
+- both Q-functions run as one batched module (:class:`~robot_sac.networks.TwinCritic`);
+- nothing calls ``.item()``: the returned statistics are device tensors, read them when logging.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robot_sac.config import SACConfig
+from robot_sac.networks import Actor, TwinCritic
+from robot_sac.optim import FusedAdam
+from robot_sac.replay import Batch
+
+__all__ = ["SAC", "SACConfig", "soft_td_target", "soft_update"]
+
+
+@torch.no_grad()
+def soft_update(target: Iterable[Tensor], source: Iterable[Tensor], tau: float) -> None:
+    """Polyak averaging in place: ``target <- (1 - tau) * target + tau * source``."""
+    torch._foreach_lerp_(list(target), list(source), tau)
+
+
+def soft_td_target(
+    reward: Tensor,
+    terminated: Tensor,
+    next_q: Tensor,
+    next_logp: Tensor,
+    gamma: float,
+    alpha: Tensor | float,
+) -> Tensor:
+    """The soft Bellman target ``r + gamma (1 - terminated) (Q'(s', a') - alpha log pi(a'|s'))``.
+
+    A terminated transition has no future: its target is the reward alone. A truncated one (time
+    limit, operator stop) is not terminated and bootstraps like any other. All inputs ``(B,)``.
+    """
+    return reward + gamma * (1.0 - terminated) * (next_q - alpha * next_logp)
+
+
+def _adam(params: Iterable[Tensor], lr: float, device: torch.device) -> FusedAdam:
+    # One fused kernel per step (CPU and CUDA); capturable on CUDA so the update can be graphed.
+    return FusedAdam(params, lr=lr, capturable=device.type == "cuda")
+
+
+class SAC:
+    """The learner's state: actor, twin critic and its target, ``log_alpha`` and three optimisers.
+
+    Only :attr:`actor` is shipped to robots (see :mod:`robot_sac.policy`); the rest is training
+    state, saved by :meth:`state_dict` for checkpoints.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        cfg: SACConfig = SACConfig(),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.device = torch.device(device)
+        self.actor = Actor(
+            obs_dim, action_dim, cfg.hidden, cfg.policy_family, cfg.log_std_min, cfg.log_std_max
+        ).to(self.device)
+        self.critic = TwinCritic(obs_dim, action_dim, cfg.hidden).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
+        self.target_entropy = cfg.resolved_target_entropy(action_dim)
+        self.actor_optimizer = _adam(self.actor.parameters(), cfg.lr, self.device)
+        self.critic_optimizer = _adam(self.critic.parameters(), cfg.lr, self.device)
+        self.alpha_optimizer = _adam([self.log_alpha], cfg.lr, self.device)
+        self.updates = 0
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """The three SAC losses for ``batch`` (``B`` transitions), in one autograd graph."""
+        gamma, obs, next_obs = self.cfg.gamma, batch.obs, batch.next_obs
+        alpha = self.log_alpha.detach().exp()
+
+        # Critic: both Q's regress on the soft Bellman target, built from the target critic and a
+        # fresh next action. A terminated transition has no future; a truncated one bootstraps.
+        with torch.no_grad():
+            next_action, next_logp = self.actor.dist(next_obs).rsample_and_log_prob()
+            next_q = self.critic_target(torch.cat([next_obs, next_action], -1)).min(0).values
+            q_target = soft_td_target(
+                batch.reward, batch.terminated, next_q, next_logp, gamma, alpha
+            )
+        q = self.critic(torch.cat([obs, batch.action], -1))  # (2, B)
+        loss_qvalue = 0.5 * (q - q_target).square().mean(1).sum()
+
+        # Actor: the reparameterized gradient of E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi.
+        # The critic's weights are detached here: this loss moves the actor only.
+        action_pi, logp_pi = self.actor.dist(obs).rsample_and_log_prob()
+        frozen = [p.detach() for p in self.critic.parameters()]
+        q_pi = self.critic(torch.cat([obs, action_pi], -1), frozen).min(0).values
+        loss_actor = (alpha * logp_pi - q_pi).mean()
+
+        # Temperature: raise alpha when the policy's entropy is below target_entropy.
+        loss_alpha = -(self.log_alpha * (logp_pi.detach() + self.target_entropy)).mean()
+
+        return {
+            "loss_actor": loss_actor,
+            "loss_qvalue": loss_qvalue,
+            "loss_alpha": loss_alpha,
+            "alpha": alpha,
+            "entropy": -logp_pi.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One gradient step on every loss, then the Polyak step of the target critic.
+
+        Returns the losses and statistics of :meth:`losses`, detached (device tensors).
+        """
+        out = self.losses(batch)
+        self.actor_optimizer.zero_grad()
+        self.critic_optimizer.zero_grad()
+        self.alpha_optimizer.zero_grad()
+        (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
+        self.critic_optimizer.step()
+        self.actor_optimizer.step()
+        self.alpha_optimizer.step()
+        soft_update(self.critic_target.parameters(), self.critic.parameters(), self.cfg.tau)
+        self.updates += 1
+        return {k: v.detach() for k, v in out.items()}
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions in ``[-1, 1]`` for ``obs`` ``(B, obs_dim)`` (training-time exploration)."""
+        dist = self.actor.dist(obs)
+        return dist.mode if deterministic else dist.rsample_and_log_prob()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training (tensors and plain numbers only)."""
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same sizes and family)."""
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        # torch optimisers keep the loaded state tensors themselves: copy, so that loading from
+        # another live learner never shares its moment estimates.
+        for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
+            getattr(self, name).load_state_dict(copy.deepcopy(state[name]))
+        self.updates = int(state["updates"])

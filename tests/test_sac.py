@@ -1,0 +1,134 @@
+"""Invariants of the SAC update: which loss moves which parameters, the Polyak step, the target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robot_sac.config import SACConfig
+from robot_sac.replay import Batch
+from robot_sac.sac import SAC, soft_td_target, soft_update
+
+
+def make_batch(n: int = 64, obs_dim: int = 5, action_dim: int = 2, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(n, obs_dim, generator=g),
+        action=torch.rand(n, action_dim, generator=g) * 2 - 1,
+        reward=torch.randn(n, generator=g),
+        next_obs=torch.randn(n, obs_dim, generator=g),
+        terminated=(torch.rand(n, generator=g) < 0.3).float(),
+    )
+
+
+@pytest.fixture(params=["tanh_normal", "beta"])
+def sac(request) -> SAC:
+    torch.manual_seed(0)
+    return SAC(5, 2, SACConfig(hidden=(32, 32), policy_family=request.param))
+
+
+def touched(loss: torch.Tensor, params: list[torch.Tensor]) -> list[bool]:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [g is not None and bool(g.abs().sum() > 0) for g in grads]
+
+
+def test_each_loss_reaches_only_its_own_parameters(sac: SAC):
+    out = sac.losses(make_batch())
+    actor = list(sac.actor.parameters())
+    critic = list(sac.critic.parameters())
+    target = list(sac.critic_target.parameters())
+    groups = {"actor": actor, "critic": critic, "log_alpha": [sac.log_alpha]}
+    owner = {"loss_actor": "actor", "loss_qvalue": "critic", "loss_alpha": "log_alpha"}
+    assert not any(p.requires_grad for p in target)
+    for loss_name, own in owner.items():
+        for group_name, params in groups.items():
+            hits = touched(out[loss_name], params)
+            if group_name == own:
+                assert all(hits), f"{loss_name} leaves some {group_name} parameters untouched"
+            else:
+                assert not any(hits), f"{loss_name} reaches {group_name}"
+
+
+def test_update_moves_every_trained_parameter_and_polyak_averages_the_target(sac: SAC):
+    tau = sac.cfg.tau
+    before = {
+        "actor": [p.detach().clone() for p in sac.actor.parameters()],
+        "critic": [p.detach().clone() for p in sac.critic.parameters()],
+        "target": [p.detach().clone() for p in sac.critic_target.parameters()],
+        "log_alpha": sac.log_alpha.detach().clone(),
+    }
+    out = sac.update(make_batch())
+    assert set(out) >= {"loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy", "q_mean"}
+    assert all(not v.requires_grad for v in out.values())
+    for old, new in zip(before["actor"], sac.actor.parameters(), strict=True):
+        assert not torch.equal(old, new)
+    for old, new in zip(before["critic"], sac.critic.parameters(), strict=True):
+        assert not torch.equal(old, new)
+    assert not torch.equal(before["log_alpha"], sac.log_alpha.detach())
+    for old_t, new_c, new_t in zip(
+        before["target"], sac.critic.parameters(), sac.critic_target.parameters(), strict=True
+    ):
+        expected = old_t.double() + tau * (new_c.detach().double() - old_t.double())
+        torch.testing.assert_close(new_t.double(), expected, atol=1e-7, rtol=0)
+    assert sac.updates == 1
+
+
+def test_soft_update_is_exact_for_a_known_tau():
+    # Dyadic values and tau = 1/4: every intermediate is exact in float32.
+    target = [torch.tensor([0.0, 1.0, -2.0, 8.0]), torch.tensor([[4.0, -4.0]])]
+    source = [torch.tensor([4.0, 1.0, 2.0, 0.0]), torch.tensor([[0.0, 4.0]])]
+    soft_update(target, source, 0.25)
+    assert torch.equal(target[0], torch.tensor([1.0, 1.0, -1.0, 6.0]))
+    assert torch.equal(target[1], torch.tensor([[3.0, -2.0]]))
+    soft_update(target, source, 1.0)
+    assert torch.equal(target[0], source[0]) and torch.equal(target[1], source[1])
+
+
+def test_td_target_terminated_is_reward_alone_truncated_bootstraps():
+    reward = torch.tensor([1.0, 1.0])
+    terminated = torch.tensor([1.0, 0.0])  # the second is, say, a time-limit truncation
+    next_q, next_logp = torch.tensor([10.0, 10.0]), torch.tensor([-2.0, -2.0])
+    y = soft_td_target(reward, terminated, next_q, next_logp, gamma=0.9, alpha=0.5)
+    assert torch.equal(y, torch.tensor([1.0, 1.0 + 0.9 * (10.0 + 0.5 * 2.0)]))
+
+
+def test_critic_loss_ignores_the_future_of_terminated_transitions(sac: SAC):
+    # Changing the target critic changes the critic loss through non-terminated rows only.
+    batch = make_batch(n=32)
+    term, live = (
+        batch._replace(terminated=torch.ones(32)),
+        batch._replace(terminated=torch.zeros(32)),
+    )
+
+    def critic_loss(b: Batch) -> float:
+        torch.manual_seed(123)  # the same next actions each call
+        return float(sac.losses(b)["loss_qvalue"])
+
+    base_term, base_live = critic_loss(term), critic_loss(live)
+    with torch.no_grad():
+        sac.critic_target.biases[-1].add_(50.0)
+    assert critic_loss(term) == pytest.approx(base_term, rel=1e-6)
+    assert abs(critic_loss(live) - base_live) > 100.0
+
+
+def test_target_entropy_defaults_to_minus_action_dim():
+    assert SAC(3, 4).target_entropy == -4.0
+    assert SAC(3, 4, SACConfig(target_entropy=-1.5)).target_entropy == -1.5
+
+
+def test_state_dict_round_trip_resumes_identically():
+    torch.manual_seed(0)
+    a = SAC(5, 2, SACConfig(hidden=(16, 16)))
+    for seed in range(3):
+        a.update(make_batch(seed=seed))
+    b = SAC(5, 2, SACConfig(hidden=(16, 16)))
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(7)
+    out_a = a.update(make_batch(seed=10))
+    torch.manual_seed(7)
+    out_b = b.update(make_batch(seed=10))
+    for k in out_a:
+        assert torch.equal(out_a[k], out_b[k]), k
+    for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert b.updates == a.updates == 4
