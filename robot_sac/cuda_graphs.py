@@ -59,6 +59,7 @@ class GraphedUpdate:
             torch.rand(self.batch_size, dtype=torch.float64, device=self._size.device) * self._size
         )
         idx = idx.long()
+        self.last_indices = idx  # a static tensor: the rows drawn by the latest replay
         rows = self.replay.storage.index_select(0, idx)
         return self.sac.update(self.replay.batch_from_rows(rows))
 

@@ -29,10 +29,13 @@ _LOG_2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _largest_below_one(t: Tensor) -> Tensor:
-    """The largest float below 1 in ``t``'s dtype: atanh of it is finite."""
-    one = torch.ones((), dtype=t.dtype, device=t.device)
-    return torch.nextafter(one, torch.zeros_like(one))
+def _largest_below_one(dtype: torch.dtype) -> float:
+    """The largest float below 1 in ``dtype`` (atanh of it is finite), as a Python number.
+
+    A Python scalar, not a tensor: a scalar operand needs no host-to-device copy, so the
+    distributions can run inside a captured CUDA graph.
+    """
+    return 1.0 - torch.finfo(dtype).eps / 2
 
 
 def tanh_log_abs_det_jacobian(u: Tensor) -> Tensor:
@@ -72,9 +75,12 @@ class TanhNormal:
         """Log-density of ``action`` (shape ``(*batch, action_dim)``), summed over the last dim.
 
         The action is inverted with ``atanh`` after clamping to the largest float below 1 in
-        magnitude, so an action on the bound gives a large but finite value.
+        magnitude, so an action on the bound gives a finite value. Note that in float32
+        ``tanh(u)`` rounds to exactly 1 once ``u`` passes about 9: a stored action on the bound
+        has lost its pre-tanh value, and this scores the clamped point instead. Where the sample
+        is at hand, use the exact log-probability from :meth:`rsample_and_log_prob`.
         """
-        limit = _largest_below_one(action)
+        limit = _largest_below_one(action.dtype)
         u = torch.atanh(action.clamp(-limit, limit))
         z = (u - self.loc) / self.scale
         return (self._normal_log_prob(z) - tanh_log_abs_det_jacobian(u)).sum(-1)
@@ -119,8 +125,7 @@ class BoundedBeta:
     @staticmethod
     def _clamp_open(x: Tensor) -> Tensor:
         # Gamma-ratio samples in float32 can round to exactly 0 or 1, where the density is 0 or inf.
-        tiny = torch.finfo(x.dtype).tiny
-        return x.clamp(tiny, _largest_below_one(x))
+        return x.clamp(torch.finfo(x.dtype).tiny, _largest_below_one(x.dtype))
 
     @property
     def mode(self) -> Tensor:

@@ -124,7 +124,7 @@ def train_local(
             next_obs = np.asarray(next_obs, np.float32)
         obs = next_obs
 
-        if step >= cfg.learning_starts and len(replay) >= cfg.batch_size:
+        if step >= cfg.learning_starts:  # samples with replacement, so a small buffer is fine
             owed += cfg.utd
             while owed >= 1.0:
                 sac.update(replay.sample(cfg.batch_size))
