@@ -60,16 +60,20 @@ class Actor(nn.Module):
         """``obs`` ``(*batch, obs_dim)`` -> two tensors ``(*batch, action_dim)``."""
         first, second = self.net(obs).chunk(2, dim=-1)
         if self.family == "tanh_normal":
-            log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (
-                torch.tanh(second) + 1.0
-            )
-            return first, log_std.exp()
+            return first, self._log_std(second).exp()
         return 1.0 + F.softplus(first), 1.0 + F.softplus(second)
+
+    def _log_std(self, raw: Tensor) -> Tensor:
+        half_range = 0.5 * (self.log_std_max - self.log_std_min)
+        return torch.tanh(raw) * half_range + (self.log_std_min + half_range)
 
     def dist(self, obs: Tensor) -> TanhNormal | BoundedBeta:
         """The action distribution on ``[-1, 1]`` for ``obs`` ``(*batch, obs_dim)``."""
-        p, q = self(obs)
-        return TanhNormal(p, q) if self.family == "tanh_normal" else BoundedBeta(p, q)
+        first, second = self.net(obs).chunk(2, dim=-1)
+        if self.family == "tanh_normal":
+            log_std = self._log_std(second)
+            return TanhNormal(first, log_std.exp(), log_scale=log_std)
+        return BoundedBeta(1.0 + F.softplus(first), 1.0 + F.softplus(second))
 
 
 class TwinCritic(nn.Module):
@@ -114,15 +118,16 @@ class TwinCritic(nn.Module):
         Returns:
             ``(n, B)``.
         """
-        params = list(self.parameters()) if params is None else params
+        params = [*self.weights, *self.biases] if params is None else params
         layers = len(params) // 2
         # A stride-0 view: the n networks read one input without copying it n times.
         x = obs_action.unsqueeze(0).expand(self.n, *obs_action.shape)
-        for i in range(layers):
-            x = torch.baddbmm(params[layers + i], x, params[i])
-            if i < layers - 1:
-                x = torch.relu_(x)
-        return x.squeeze(-1)
+        for i in range(layers - 1):
+            x = torch.relu_(torch.baddbmm(params[layers + i], x, params[i]))
+        # The output layer is one unit wide: a batched dot product is several times faster
+        # than a matrix product with one column, forward and backward.
+        w_out, b_out = params[layers - 1], params[-1]
+        return torch.linalg.vecdot(x, w_out.transpose(1, 2)) + b_out.squeeze(-1)
 
     def q(self, index: int, obs_action: Tensor) -> Tensor:
         """Q-function ``index`` alone as a plain MLP, ``(B,)``; a reference for tests."""

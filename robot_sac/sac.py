@@ -95,7 +95,7 @@ class SAC:
         # fresh next action. A terminated transition has no future; a truncated one bootstraps.
         with torch.no_grad():
             next_action, next_logp = self.actor.dist(next_obs).rsample_and_log_prob()
-            next_q = self.critic_target(torch.cat([next_obs, next_action], -1)).min(0).values
+            next_q = self.critic_target(torch.cat([next_obs, next_action], -1)).amin(0)
             q_target = soft_td_target(
                 batch.reward, batch.terminated, next_q, next_logp, gamma, alpha
             )
@@ -105,8 +105,8 @@ class SAC:
         # Actor: the reparameterized gradient of E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi.
         # The critic's weights are detached here: this loss moves the actor only.
         action_pi, logp_pi = self.actor.dist(obs).rsample_and_log_prob()
-        frozen = [p.detach() for p in self.critic.parameters()]
-        q_pi = self.critic(torch.cat([obs, action_pi], -1), frozen).min(0).values
+        frozen = [p.detach() for p in (*self.critic.weights, *self.critic.biases)]
+        q_pi = self.critic(torch.cat([obs, action_pi], -1), frozen).amin(0)
         loss_actor = (alpha * logp_pi - q_pi).mean()
 
         # Temperature: raise alpha when the policy's entropy is below target_entropy.
