@@ -139,6 +139,124 @@ def train_local_command(
     )
 
 
+def _task(env: str | None, task: Path | None):  # type: ignore[no-untyped-def]
+    """The task spec from exactly one of --env (a Gymnasium id) or --task (a JSON/TOML file)."""
+    from robot_sac.schemas import TaskSpec
+
+    if (env is None) == (task is None):
+        raise typer.BadParameter(
+            "give exactly one of --env ID or --task FILE", param_hint="--env/--task"
+        )
+    if task is not None:
+        try:
+            return TaskSpec.from_file(task)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"{task}: {exc}", param_hint="--task") from exc
+    from robot_sac.config import tuned_config
+    from robot_sac.sim.envs import make_env, task_spec_from_env
+
+    try:
+        probe = make_env(env)
+    except Exception as exc:  # gymnasium raises several types for an unknown or broken id
+        raise typer.BadParameter(
+            f"cannot make Gymnasium env {env!r}: {exc}", param_hint="--env"
+        ) from exc
+    try:
+        return task_spec_from_env(probe, name=env, sac=tuned_config(env))
+    finally:
+        probe.close()
+
+
+def _settings(**flags: object):  # type: ignore[no-untyped-def]
+    """Settings from ROBOT_SAC_* variables, with the flags that were given on top."""
+    from robot_sac.settings import Settings
+
+    base = Settings()
+    given = {k: v for k, v in flags.items() if v is not None}
+    return Settings.model_validate({**base.model_dump(), **given}) if given else base
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    env: Annotated[str | None, typer.Option(help="Gymnasium env id whose task to serve.")] = None,
+    task: Annotated[
+        Path | None, typer.Option(help="Task file (JSON or TOML) describing a real robot.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")
+    ] = None,
+    store_url: Annotated[
+        str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (ROBOT_SAC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ROBOT_SAC_PORT).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Most observations per forward pass.")
+    ] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Extra batching window in ms.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the inference service: actions over HTTP, the transition log, the operator's controls.
+
+    Tokens come from ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN; without them the service
+    refuses to bind anything but loopback. API docs are served at /docs.
+    """
+    import logging
+
+    import uvicorn
+
+    from robot_sac.services.inference import create_app
+
+    spec = _task(env, task)
+    settings = _settings(
+        data_dir=data_dir,
+        store_url=store_url,
+        host=host,
+        port=port,
+        device=device,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+    )
+    if not settings.auth_enabled and not _is_loopback(settings.host):
+        typer.echo(
+            f"refusing to serve on {settings.host} without tokens: anyone who can reach it could "
+            "drive the robots. Set ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN, or bind "
+            "127.0.0.1.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.auth_enabled:
+        typer.echo(f"no tokens configured: serving without authentication on {settings.host} only")
+    typer.echo(
+        f"robot_sac service for {spec.name} on http://{settings.host}:{settings.port} "
+        "(API docs at /docs)"
+    )
+    uvicorn.run(
+        create_app(settings, spec),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
+
+
 def main() -> None:
     app()
 

@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -138,6 +138,16 @@ def save_policy(
     )
 
 
+def with_version(data: bytes, version: int) -> bytes:
+    """The same version file with its metadata ``version`` rewritten (the registry numbers it)."""
+    info = read_policy_info(data)
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:
+        raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
+    return safetensors.torch.save(tensors, metadata=replace(info, version=version).metadata())
+
+
 def read_policy_info(data: bytes) -> PolicyInfo:
     """Parse and check the metadata of a version file's bytes without loading its tensors."""
     if len(data) < 8:
@@ -245,11 +255,15 @@ class Policy:
         return self.info.action_dim
 
     @torch.inference_mode()
-    def act_tensor(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+    def act_tensor(
+        self, obs: Tensor, deterministic: bool | Tensor = False
+    ) -> tuple[Tensor, Tensor]:
         """Actions for a batch on the policy's device.
 
         Args:
             obs: ``(B, obs_dim)`` float32 on :attr:`device`.
+            deterministic: one flag for the batch, or a ``(B,)`` bool tensor, one per row (the
+                service batches robots that ask for either).
 
         Returns:
             ``(actions, replaced)``: ``(B, action_dim)`` in robot units, finite and inside the
@@ -257,7 +271,12 @@ class Policy:
             action was answered instead.
         """
         dist = self.actor.dist(obs)
-        unit = dist.mode if deterministic else dist.rsample_and_log_prob()[0]
+        if isinstance(deterministic, Tensor):
+            unit = torch.where(
+                deterministic.unsqueeze(-1), dist.mode, dist.rsample_and_log_prob()[0]
+            )
+        else:
+            unit = dist.mode if deterministic else dist.rsample_and_log_prob()[0]
         action = torch.addcmul(self.low, unit + 1.0, self._half_range)
         bad = ~torch.isfinite(action).all(-1)
         action = torch.where(bad.unsqueeze(-1), self.safe_action, action)

@@ -1,6 +1,7 @@
-"""Types that cross process boundaries: the task spec (and, later, the HTTP wire schemas).
+"""Types that cross process boundaries: the task spec and the HTTP API v1 wire schemas.
 
-Imports no torch: a robot's computer needs only pydantic to describe its task.
+Imports no torch: a robot's computer needs only pydantic to describe its task and talk to the
+service.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -78,3 +79,83 @@ class TaskSpec(BaseModel):
             data = json.loads(text)
         data.setdefault("name", path.stem)
         return cls.model_validate(data)
+
+
+# --- HTTP API v1 wire schemas -------------------------------------------------------------------
+# Observations and actions are flat lists of finite numbers: strict floats refuse strings and
+# booleans, and NaN or infinity (which Python's JSON parser accepts) are refused too.
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=65_536)]
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Request(BaseModel):
+    # A misspelt field must not be ignored silently on a robot: refuse unknown fields.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActRequest(_Request):
+    obs: Vector
+    deterministic: Annotated[bool, Field(strict=True)] = False
+    robot_id: Identifier | None = None
+
+
+class ActResponse(BaseModel):
+    action: list[float]
+    policy_version: int
+    hold: bool
+
+
+class ActBatchRequest(_Request):
+    obs: Annotated[list[Vector], Field(min_length=1, max_length=4096)]
+    deterministic: Annotated[bool, Field(strict=True)] = False
+    robot_id: Identifier | None = None
+
+
+class ActBatchResponse(BaseModel):
+    actions: list[list[float]]
+    policy_version: int
+    hold: bool
+
+
+class Transition(_Request):
+    """One step of one robot; ``(robot_id, episode_id, step)`` identifies it (idempotency key)."""
+
+    robot_id: Identifier
+    episode_id: Identifier
+    step: Annotated[int, Field(strict=True, ge=0, le=2**62)]
+    obs: Vector
+    action: Vector
+    reward: FiniteFloat
+    next_obs: Vector
+    terminated: Annotated[bool, Field(strict=True)]
+    truncated: Annotated[bool, Field(strict=True)]
+    policy_version: Annotated[int, Field(strict=True, ge=0)] | None = None
+
+
+class TransitionsRequest(_Request):
+    transitions: Annotated[list[Transition], Field(min_length=1, max_length=10_000)]
+
+
+class TransitionsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class PinRequest(_Request):
+    version: Annotated[int, Field(strict=True, ge=0)]
+
+
+class PolicyDescription(BaseModel):
+    """``GET /v1/policy``: the version being served."""
+
+    version: int
+    created_at: str
+    obs_dim: int
+    action_dim: int
+    action_low: list[float]
+    action_high: list[float]
+    sha256: str
+    updates: int
+    family: str

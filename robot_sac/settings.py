@@ -1,0 +1,53 @@
+"""Settings of every robot_sac process, from ``ROBOT_SAC_*`` environment variables or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One frozen settings object per process; the CLI fills it from flags over the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ROBOT_SAC_", frozen=True, extra="ignore")
+
+    # where the state lives
+    data_dir: Path = Field(
+        default=Path("data"), description="SQLite store, policy files, learner checkpoint."
+    )
+    store_url: str | None = Field(
+        default=None, description="postgresql://... for a fleet; default: SQLite in data_dir."
+    )
+    device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
+
+    # the inference service
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    robot_token: SecretStr | None = None
+    operator_token: SecretStr | None = None
+    max_batch_size: int = Field(
+        default=256, ge=1, description="Most observations in one forward pass."
+    )
+    max_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="Extra time to wait for more requests before a forward pass. Requests that "
+        "arrive while a pass runs are batched anyway, so 0 keeps a lone robot's latency lowest.",
+    )
+    max_body_bytes: int = Field(
+        default=8 * 2**20, ge=1024, description="Largest JSON request body."
+    )
+    max_upload_bytes: int = Field(
+        default=256 * 2**20, ge=1024, description="Largest policy upload."
+    )
+    policy_poll_s: float = Field(default=0.05, gt=0.0, le=1.0, description="Registry poll period.")
+    inference_threads: int = Field(
+        default=1, ge=0, description="Torch CPU threads for serving (0: all)."
+    )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.robot_token is not None or self.operator_token is not None

@@ -1,0 +1,42 @@
+"""The store: transition log, policy registry, control state (see :mod:`robot_sac.store.base`).
+
+``open_store`` picks the backend: SQLite in a data directory by default, PostgreSQL for fleets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robot_sac.schemas import TaskSpec
+from robot_sac.store.base import (
+    ControlState,
+    LogRows,
+    PolicyRecord,
+    Store,
+    StoreError,
+    VersionEpisodes,
+)
+
+__all__ = [
+    "ControlState",
+    "LogRows",
+    "PolicyRecord",
+    "Store",
+    "StoreError",
+    "VersionEpisodes",
+    "open_store",
+]
+
+
+def open_store(spec: TaskSpec, data_dir: str | Path = "data", url: str | None = None) -> Store:
+    """Open (creating if needed) the store for ``spec``.
+
+    ``url`` ``postgresql://...`` selects PostgreSQL; otherwise SQLite in ``data_dir``.
+    """
+    if url and url.startswith(("postgresql://", "postgres://")):
+        raise StoreError("the PostgreSQL backend is not available in this version; use SQLite")
+    if url and not url.startswith("sqlite"):
+        raise StoreError(f"unsupported store URL {url!r}: use postgresql://... or leave it unset")
+    from robot_sac.store.sqlite import SQLiteStore
+
+    return SQLiteStore(data_dir, spec)

@@ -1,0 +1,309 @@
+"""The store: one interface over the transition log, the policy registry and the control state.
+
+Processes talk only through the store (and HTTP), so this interface is narrow and its SQL
+portable: SQLite is the default backend, PostgreSQL a second file. Every method is synchronous
+and thread-safe; the service calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from robot_sac.schemas import TaskSpec
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (wrong task for this data, unknown version, ...)."""
+
+
+class TransitionLike(Protocol):
+    """Anything with the fields of :class:`robot_sac.schemas.Transition`."""
+
+    robot_id: str
+    episode_id: str
+    step: int
+    obs: Sequence[float]
+    action: Sequence[float]
+    reward: float
+    next_obs: Sequence[float]
+    terminated: bool
+    truncated: bool
+    policy_version: int | None
+
+
+class LogRows(NamedTuple):
+    """Rows of the transition log, oldest first, as arrays (``N`` rows).
+
+    ``policy_version`` is -1 where the robot did not say which version acted.
+    """
+
+    position: np.ndarray  # (N,) int64, strictly increasing
+    obs: np.ndarray  # (N, obs_dim) float32
+    action: np.ndarray  # (N, action_dim) float32, robot units
+    reward: np.ndarray  # (N,) float32
+    next_obs: np.ndarray  # (N, obs_dim) float32
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    policy_version: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.position.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRecord:
+    """A registered version: its number, provenance and where its bytes are."""
+
+    version: int
+    created_at: str
+    updates: int
+    sha256: str
+    registered_at: float
+    metadata: dict[str, str]
+    path: str | None = None  # the file, for stores that keep bytes on disk
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "created_at": self.created_at,
+            "updates": self.updates,
+            "sha256": self.sha256,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlState:
+    """What operators decide: whether the learner runs, which version is served, the hold."""
+
+    learner_paused: bool = False
+    mode: str = "follow"  # "follow": serve the newest version; "pinned": serve pinned_version
+    pinned_version: int | None = None
+    hold: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionEpisodes:
+    """Episode returns of the episodes one version drove (most of their steps)."""
+
+    version: int
+    episodes: int
+    mean_return: float | None
+    recent_returns: tuple[float, ...]
+
+
+class Store(abc.ABC):
+    """The store interface. See the module docstring; backends implement the abstract methods."""
+
+    spec: TaskSpec
+
+    # --- the transition log ---------------------------------------------------------------
+    @abc.abstractmethod
+    def append(self, transitions: Sequence[TransitionLike]) -> tuple[int, int]:
+        """Append a batch in one transaction; return ``(accepted, duplicates)`` once durable.
+
+        A transition whose ``(robot_id, episode_id, step)`` is already stored (or appears earlier
+        in the same batch) is counted as a duplicate and not stored again.
+        """
+
+    @abc.abstractmethod
+    def read_after(self, position: int, limit: int) -> LogRows:
+        """Up to ``limit`` rows with a position greater than ``position``, in log order."""
+
+    @abc.abstractmethod
+    def read_latest(self, limit: int) -> LogRows:
+        """The newest ``limit`` rows, in log order (rebuilding a replay buffer)."""
+
+    @abc.abstractmethod
+    def transition_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def last_position(self) -> int:
+        """The position of the newest row (0 for an empty log)."""
+
+    # --- episodes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def episodes_by_version(self, recent: int = 10) -> list[VersionEpisodes]:
+        """Per version (oldest first): episode count, mean return, the last ``recent`` returns."""
+
+    # --- the policy registry ----------------------------------------------------------------
+    @abc.abstractmethod
+    def register_policy(self, data: bytes, first: bool = False) -> PolicyRecord | None:
+        """Register a version file as the next version number.
+
+        The number is reserved first and never reused, even if this call fails afterwards; the
+        file's metadata ``version`` is rewritten to it. The caller validates the file first.
+        With ``first=True`` it registers only if no number was ever reserved (version 0), and
+        returns None otherwise: two processes starting at once create one version 0.
+        """
+
+    @abc.abstractmethod
+    def latest_policy(self) -> PolicyRecord | None: ...
+
+    @abc.abstractmethod
+    def get_policy(self, version: int) -> PolicyRecord | None: ...
+
+    @abc.abstractmethod
+    def list_policies(self) -> list[PolicyRecord]: ...
+
+    @abc.abstractmethod
+    def policy_bytes(self, record: PolicyRecord) -> bytes: ...
+
+    # --- control state and learner status --------------------------------------------------
+    @abc.abstractmethod
+    def control(self) -> ControlState: ...
+
+    @abc.abstractmethod
+    def update_control(self, **changes: Any) -> ControlState:
+        """Change some fields of the control state atomically; return the new state."""
+
+    @abc.abstractmethod
+    def write_learner_status(self, status: dict[str, Any]) -> None:
+        """Replace the learner's status row (a JSON object; ``heartbeat`` is set to now)."""
+
+    @abc.abstractmethod
+    def learner_status(self) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise if the store does not answer (readiness)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- shared logic -----------------------------------------------------------------------
+    def ensure_initial_policy(self, seed: int = 0) -> PolicyRecord:
+        """On first start, register version 0: a freshly initialised policy for the task."""
+        latest = self.latest_policy()
+        if latest is not None:
+            return latest
+        import torch
+
+        from robot_sac.networks import Actor
+        from robot_sac.policy import policy_bytes
+
+        cfg = self.spec.sac
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            actor = Actor(
+                self.spec.obs_dim,
+                self.spec.action_dim,
+                cfg.hidden,
+                cfg.policy_family,
+                cfg.log_std_min,
+                cfg.log_std_max,
+            )
+        data = policy_bytes(actor, self.spec.action_low, self.spec.action_high, version=0)
+        record = self.register_policy(data, first=True)
+        deadline = time.monotonic() + 30.0
+        while record is None:  # another process reserved version 0: wait for it to land
+            if time.monotonic() > deadline:
+                raise StoreError("version 0 was reserved by another process but never registered")
+            time.sleep(0.05)
+            record = self.latest_policy()
+        return record
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def task_fingerprint(spec: TaskSpec) -> dict[str, Any]:
+    """What a log's rows depend on: a store refuses to open for a task that differs in these."""
+    return {
+        "obs_dim": spec.obs_dim,
+        "action_low": list(spec.action_low),
+        "action_high": list(spec.action_high),
+    }
+
+
+def check_fingerprint(stored: str, spec: TaskSpec, where: str) -> None:
+    have = json.loads(stored)
+    want = task_fingerprint(spec)
+    if have != want:
+        raise StoreError(
+            f"{where} holds data of another task (obs_dim {have['obs_dim']}, action bounds "
+            f"{have['action_low']}..{have['action_high']}); this one has obs_dim "
+            f"{want['obs_dim']}, bounds {want['action_low']}..{want['action_high']}. Use another "
+            "data directory or store."
+        )
+
+
+def encode_rows(
+    transitions: Sequence[TransitionLike], spec: TaskSpec, received_at: float | None = None
+) -> list[tuple[Any, ...]]:
+    """Transitions as row tuples for the transitions table, vectors as float32 bytes."""
+    now = time.time() if received_at is None else received_at
+    o, a = spec.obs_dim, spec.action_dim
+    rows = []
+    for t in transitions:
+        obs = np.asarray(t.obs, dtype="<f4")
+        act = np.asarray(t.action, dtype="<f4")
+        nxt = np.asarray(t.next_obs, dtype="<f4")
+        if obs.shape != (o,) or nxt.shape != (o,) or act.shape != (a,):
+            raise ValueError(
+                f"transition {t.robot_id}/{t.episode_id}/{t.step}: obs, action, next_obs must "
+                f"have {o}, {a}, {o} values"
+            )
+        if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(nxt).all()):
+            raise ValueError(f"transition {t.robot_id}/{t.episode_id}/{t.step} holds NaN or inf")
+        if not math.isfinite(t.reward):
+            raise ValueError(f"transition {t.robot_id}/{t.episode_id}/{t.step}: reward not finite")
+        rows.append(
+            (
+                t.robot_id,
+                t.episode_id,
+                int(t.step),
+                obs.tobytes(),
+                act.tobytes(),
+                float(t.reward),
+                nxt.tobytes(),
+                int(bool(t.terminated)),
+                int(bool(t.truncated)),
+                None if t.policy_version is None else int(t.policy_version),
+                now,
+            )
+        )
+    return rows
+
+
+def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:
+    """Rows ``(position, obs, action, reward, next_obs, terminated, truncated, version)``."""
+    n, o, a = len(rows), spec.obs_dim, spec.action_dim
+    if n == 0:
+        return LogRows(
+            np.zeros(0, np.int64),
+            np.zeros((0, o), np.float32),
+            np.zeros((0, a), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros((0, o), np.float32),
+            np.zeros(0, bool),
+            np.zeros(0, bool),
+            np.zeros(0, np.int64),
+        )
+    position, obs, action, reward, next_obs, terminated, truncated, version = zip(
+        *rows, strict=True
+    )
+    return LogRows(
+        position=np.asarray(position, np.int64),
+        obs=np.frombuffer(b"".join(map(bytes, obs)), "<f4").reshape(n, o).astype(np.float32),
+        action=np.frombuffer(b"".join(map(bytes, action)), "<f4").reshape(n, a).astype(np.float32),
+        reward=np.asarray(reward, np.float32),
+        next_obs=np.frombuffer(b"".join(map(bytes, next_obs)), "<f4")
+        .reshape(n, o)
+        .astype(np.float32),
+        terminated=np.asarray(terminated, bool),
+        truncated=np.asarray(truncated, bool),
+        policy_version=np.asarray([-1 if v is None else v for v in version], np.int64),
+    )

@@ -1,0 +1,206 @@
+"""The FastAPI application: ``create_app(settings, spec)``.
+
+Start-up (the lifespan) opens the store, registers version 0 on first start, loads the served
+version, and starts the micro-batcher and the registry watcher; shut-down stops them and closes
+the store. Every error a client can cause is a 4xx whose ``detail`` is a sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from robot_sac import __version__
+from robot_sac.devices import resolve_device
+from robot_sac.schemas import TaskSpec
+from robot_sac.services.inference.batcher import MicroBatcher
+from robot_sac.services.inference.deps import AppState
+from robot_sac.services.inference.metrics import ServiceMetrics
+from robot_sac.services.inference.routers import act, admin, health, policy, transitions
+from robot_sac.services.inference.serving import ServingState
+from robot_sac.settings import Settings
+from robot_sac.store import Store, open_store
+
+log = logging.getLogger("robot_sac.service")
+
+UPLOAD_PATH = "/v1/admin/policies"
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class GuardMiddleware:
+    """Refuses oversized bodies before they are parsed, and counts requests by route and status.
+
+    Plain ASGI (not ``BaseHTTPMiddleware``) to keep the act path's overhead small.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics_of: Any) -> None:
+        self.app, self.settings, self.metrics_of = app, settings, metrics_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = (
+            self.settings.max_upload_bytes
+            if scope["path"] == UPLOAD_PATH
+            else self.settings.max_body_bytes
+        )
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": str(BodyTooLarge(limit))}, status_code=413)(
+                scope, receive, send
+            )
+            self._count(scope, 413)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, counting_send)
+        finally:
+            self._count(scope, status)
+
+    def _count(self, scope: Scope, status: int) -> None:
+        metrics = self.metrics_of()
+        if metrics is None:
+            return
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        metrics.requests.labels(path, str(status)).inc()
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
+    """A readable sentence for pydantic's error list, and the status (400 for broken JSON)."""
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", e.get("msg", ""))
+            return 400, f"the request body is not valid JSON ({reason})"
+    parts = []
+    for e in errors[:10]:
+        where = _where(tuple(e.get("loc", ())))
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "missing" and where in ("", "body"):
+            msg, where = "the request needs a JSON body", ""
+        elif e.get("type") == "model_attributes_type" and where == "":
+            msg = "the body must be a JSON object, sent with Content-Type: application/json"
+        parts.append(f"{where}: {msg}" if where else msg)
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return 422, "; ".join(parts) + more
+
+
+def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -> FastAPI:
+    """The inference service for ``spec``; ``store`` defaults to the one ``settings`` names."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = resolve_device(settings.device)
+        own_store = store is None
+        st = store or await anyio.to_thread.run_sync(
+            lambda: open_store(spec, settings.data_dir, settings.store_url)
+        )
+        metrics = ServiceMetrics()
+        serving = ServingState(spec, st, device, metrics, settings.policy_poll_s)
+        batcher = MicroBatcher(
+            serving,
+            metrics,
+            settings.max_batch_size,
+            settings.max_wait_ms / 1000.0,
+            settings.inference_threads,
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await anyio.to_thread.run_sync(st.ensure_initial_policy)
+            await serving.sync()
+            if serving.served is None:
+                raise RuntimeError(
+                    "no registered policy version passes validation: "
+                    + "; ".join(f"v{v}: {r}" for v, r in serving.refused.items())
+                )
+            app.state.robot_sac = AppState(settings, spec, st, metrics, serving, batcher)
+            tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(serving.watch())]
+            if not settings.auth_enabled:
+                log.warning("no tokens configured: every route is open; bind to loopback only")
+            log.info(
+                "serving %s: policy version %d on %s", spec.name, serving.served.version, device
+            )
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            batcher.close()
+            serving.close()
+            if own_store:
+                st.close()
+
+    app = FastAPI(
+        title="robot_sac inference service",
+        version=__version__,
+        description="Actions from the current SAC policy, the durable transition log, and the "
+        "operator's controls. Errors are JSON objects with a `detail` sentence.",
+        lifespan=lifespan,
+    )
+    for module in (act, transitions, policy, admin, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, detail = describe_validation_errors(list(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    def metrics_of() -> ServiceMetrics | None:
+        state = getattr(app.state, "robot_sac", None)
+        return None if state is None else state.metrics
+
+    app.add_middleware(GuardMiddleware, settings=settings, metrics_of=metrics_of)
+    return app

@@ -1,0 +1,129 @@
+"""Micro-batching of act requests: one forward pass answers every request waiting for one.
+
+Requests queue on the event loop; one task takes everything queued (up to ``max_batch_size``
+rows) and runs a single forward pass in the inference thread. Requests that arrive while a pass
+runs form the next batch, so a busy service batches by itself and a lone robot never waits for
+company; ``max_wait_ms`` can add a short window on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robot_sac.services.inference.metrics import ServiceMetrics
+from robot_sac.services.inference.serving import Served, ServingState
+
+
+@dataclass
+class _Job:
+    obs: np.ndarray  # (k, obs_dim) float32
+    deterministic: bool
+    future: asyncio.Future[tuple[np.ndarray, int, bool]] = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        state: ServingState,
+        metrics: ServiceMetrics,
+        max_batch_size: int,
+        max_wait_s: float,
+        threads: int,
+    ) -> None:
+        self.state, self.metrics = state, metrics
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._threads = threads
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="inference", initializer=self._init_thread
+        )
+        self._safe = np.asarray(state.spec.safe_action, dtype=np.float32)
+
+    def _init_thread(self) -> None:
+        if self._threads > 0:
+            torch.set_num_threads(self._threads)
+
+    async def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, int, bool]:
+        """Actions for ``obs`` ``(k, obs_dim)``: ``(actions (k, action_dim), version, hold)``."""
+        served = self.state.served
+        if served is None:
+            raise RuntimeError("no policy is loaded yet")
+        if self.state.hold:  # a hold answers at once, without the policy
+            return np.tile(self._safe, (obs.shape[0], 1)), served.version, True
+        future: asyncio.Future[tuple[np.ndarray, int, bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Job(obs, deterministic, future))
+        self._wakeup.set()
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                # Let requests whose bytes have already arrived be parsed and queued first.
+                await asyncio.sleep(0)
+                if self.max_wait_s > 0 and self._rows() < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait_s)
+                jobs = self._take()
+                served = self.state.served  # one reference for the whole batch
+                assert served is not None
+                try:
+                    actions, replaced = await loop.run_in_executor(
+                        self._executor, self._forward, served, jobs
+                    )
+                except Exception as exc:  # never leave a robot waiting on a dead future
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    continue
+                hold = self.state.hold
+                start = 0
+                for job in jobs:
+                    k = job.obs.shape[0]
+                    result = np.tile(self._safe, (k, 1)) if hold else actions[start : start + k]
+                    if not job.future.done():  # the client may have gone away
+                        job.future.set_result((result, served.version, hold))
+                    start += k
+                if replaced:
+                    self.metrics.nonfinite_actions.inc(replaced)
+
+    def _rows(self) -> int:
+        return sum(job.obs.shape[0] for job in self._queue)
+
+    def _take(self) -> list[_Job]:
+        jobs = [self._queue.popleft()]  # a job larger than the limit still goes, alone
+        rows = jobs[0].obs.shape[0]
+        while self._queue and rows + self._queue[0].obs.shape[0] <= self.max_batch_size:
+            job = self._queue.popleft()
+            jobs.append(job)
+            rows += job.obs.shape[0]
+        return jobs
+
+    def _forward(self, served: Served, jobs: list[_Job]) -> tuple[np.ndarray, int]:
+        policy = served.policy
+        obs = jobs[0].obs if len(jobs) == 1 else np.concatenate([j.obs for j in jobs])
+        flags = [j.deterministic for j in jobs]
+        if all(flags) or not any(flags):
+            deterministic: bool | torch.Tensor = flags[0]
+        else:
+            deterministic = torch.from_numpy(
+                np.repeat(np.asarray(flags), [j.obs.shape[0] for j in jobs])
+            ).to(policy.device)
+        x = torch.from_numpy(obs).to(policy.device)
+        actions, bad = policy.act_tensor(x, deterministic)
+        self.metrics.forward_passes.inc()
+        self.metrics.batch_size.observe(obs.shape[0])
+        return actions.cpu().numpy(), int(bad.sum())
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

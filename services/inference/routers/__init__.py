@@ -1,0 +1,1 @@
+"""One router per resource: act, transitions, policy, admin, health."""

@@ -1,0 +1,197 @@
+"""``/v1/admin/*``: the operator's controls and views (operator token only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from robot_sac.policy import PolicyFileError, load_policy
+from robot_sac.schemas import PinRequest
+from robot_sac.services.inference.deps import AppState, get_state, require_operator
+from robot_sac.services.inference.serving import check_matches_task
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_operator)])
+
+LEARNER_OFFLINE_AFTER_S = 5.0
+
+
+def learner_view(status: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """The learner as the operator sees it: ``offline`` once its heartbeat is 5 s old."""
+    if status is None:
+        return {
+            "state": "offline",
+            "updates": 0,
+            "updates_per_s": 0.0,
+            "replay_size": 0,
+            "losses": {},
+            "alpha": None,
+            "heartbeat_age_s": None,
+        }
+    age = now - float(status.get("heartbeat", 0.0))
+    reported = status.get("state", "running")
+    state = (
+        "offline"
+        if age > LEARNER_OFFLINE_AFTER_S
+        else ("paused" if reported == "paused" else "running")
+    )
+    view = {
+        "updates": 0,
+        "updates_per_s": 0.0,
+        "replay_size": 0,
+        "losses": {},
+        "alpha": None,
+        **{k: v for k, v in status.items() if k not in ("heartbeat", "state")},
+    }
+    return {"state": state, "phase": reported, "heartbeat_age_s": round(age, 3), **view}
+
+
+def _status(state: AppState) -> dict[str, Any]:
+    store, serving = state.store, state.serving
+    control = store.control()
+    latest = store.latest_policy()
+    return {
+        "served_version": None if serving.served is None else serving.served.version,
+        "latest_version": None if latest is None else latest.version,
+        "mode": control.mode,
+        "pinned_version": control.pinned_version,
+        "hold": control.hold,
+        "transitions": store.transition_count(),
+        "learner": learner_view(store.learner_status(), time.time()),
+        "learner_paused": control.learner_paused,
+        "episodes": [
+            {
+                "version": e.version,
+                "episodes": e.episodes,
+                "mean_return": e.mean_return,
+                "recent_returns": list(e.recent_returns),
+            }
+            for e in store.episodes_by_version(recent=10)[-10:]
+        ],
+        "refused_versions": {str(v): reason for v, reason in serving.refused.items()},
+        "uptime_s": round(time.time() - serving.started_at, 1),
+    }
+
+
+async def status_of(state: AppState) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(_status, state)
+
+
+@router.get("/status")
+async def status(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Served version, mode, hold, log size, the learner (live or offline), recent returns."""
+    return await status_of(state)
+
+
+@router.get("/policies")
+async def policies(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Every registered version, with the mean return of the episodes it drove."""
+
+    def collect() -> list[dict[str, Any]]:
+        episodes = {e.version: e for e in state.store.episodes_by_version(recent=0)}
+        out = []
+        for record in state.store.list_policies():
+            e = episodes.get(record.version)
+            out.append(
+                {
+                    **record.describe(),
+                    "episodes": 0 if e is None else e.episodes,
+                    "mean_episode_return": None if e is None else e.mean_return,
+                    "refused": state.serving.refused.get(record.version),
+                }
+            )
+        return out
+
+    return {"policies": await anyio.to_thread.run_sync(collect)}
+
+
+@router.post(
+    "/policies",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_policy(request: Request, state: AppState = Depends(get_state)) -> dict[str, int]:
+    """Register a version file trained elsewhere, after the same checks as any version."""
+    data = await request.body()
+    if not data:
+        raise HTTPException(422, "the body must be a version file (safetensors bytes)")
+
+    def validate_and_register() -> int:
+        policy = load_policy(data, device="cpu", safe_action=state.spec.safe_action)
+        check_matches_task(policy, state.spec)
+        record = state.store.register_policy(data)
+        assert record is not None
+        return record.version
+
+    try:
+        version = await anyio.to_thread.run_sync(validate_and_register)
+    except PolicyFileError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return {"version": version}
+
+
+async def _set_control(state: AppState, **changes: Any) -> dict[str, Any]:
+    control = await anyio.to_thread.run_sync(lambda: state.store.update_control(**changes))
+    state.serving.control = control
+    state.metrics.hold.set(1.0 if control.hold else 0.0)
+    return await status_of(state)
+
+
+@router.post("/learner/pause")
+async def pause_learner(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Stop learning: the learner stops updating and publishing within a second."""
+    return await _set_control(state, learner_paused=True)
+
+
+@router.post("/learner/resume")
+async def resume_learner(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    return await _set_control(state, learner_paused=False)
+
+
+@router.post("/policy/pin")
+async def pin_policy(body: PinRequest, state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Serve this version and stop following new ones (a rollback); at once."""
+    record = await anyio.to_thread.run_sync(state.store.get_policy, body.version)
+    if record is None:
+        raise HTTPException(404, f"policy version {body.version} does not exist")
+    if body.version in state.serving.refused:
+        raise HTTPException(
+            422, f"version {body.version} failed validation: {state.serving.refused[body.version]}"
+        )
+    previous = state.serving.control
+    await _set_control(state, mode="pinned", pinned_version=body.version)
+    swapped, reason = await state.serving.swap_to(body.version)
+    if not swapped:
+        await _set_control(state, mode=previous.mode, pinned_version=previous.pinned_version)
+        raise HTTPException(422, f"version {body.version} failed validation: {reason}")
+    return await status_of(state)
+
+
+@router.post("/policy/follow")
+async def follow_policy(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Serve the newest version again, and every newer one as it is published."""
+    await _set_control(state, mode="follow", pinned_version=None)
+    await state.serving.sync()
+    return await status_of(state)
+
+
+@router.post("/hold")
+async def hold(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """Every act answers the task's safe action with ``"hold": true`` until released.
+
+    A software hold: it does not replace a robot's hardware emergency stop.
+    """
+    return await _set_control(state, hold=True)
+
+
+@router.post("/release")
+async def release(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    return await _set_control(state, hold=False)

@@ -1,0 +1,42 @@
+"""``POST /v1/transitions``: the durable, idempotent transition log."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException
+
+from robot_sac.schemas import TransitionsRequest, TransitionsResponse
+from robot_sac.services.inference.deps import AppState, get_state, require_robot
+from robot_sac.store import StoreError
+
+router = APIRouter(prefix="/v1", tags=["transitions"], dependencies=[Depends(require_robot)])
+
+
+@router.post("/transitions", response_model=TransitionsResponse)
+async def log_transitions(
+    body: TransitionsRequest, state: AppState = Depends(get_state)
+) -> TransitionsResponse:
+    """Append transitions; the answer comes only once they are on disk.
+
+    ``(robot_id, episode_id, step)`` is the idempotency key: a retried batch is a success, its
+    transitions counted as duplicates and stored once.
+    """
+    spec = state.spec
+    for i, t in enumerate(body.transitions):
+        for name, want in (
+            ("obs", spec.obs_dim),
+            ("action", spec.action_dim),
+            ("next_obs", spec.obs_dim),
+        ):
+            got = len(getattr(t, name))
+            if got != want:
+                raise HTTPException(
+                    422, f"transitions[{i}].{name} has {got} values; the task's have {want}"
+                )
+    try:
+        accepted, duplicates = await anyio.to_thread.run_sync(state.store.append, body.transitions)
+    except StoreError as exc:
+        raise HTTPException(503, f"the transition log is unavailable: {exc}") from exc
+    state.metrics.transitions_accepted.inc(accepted)
+    state.metrics.transitions_duplicates.inc(duplicates)
+    return TransitionsResponse(accepted=accepted, duplicates=duplicates)
