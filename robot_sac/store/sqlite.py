@@ -276,7 +276,7 @@ class SQLiteStore(Store):
 
     # --- the policy registry ----------------------------------------------------------------
     def register_policy(self, data: bytes, first: bool = False) -> PolicyRecord | None:
-        read_policy_info(data)  # refuse what is not a version file before using a number
+        with_version(data, 0)  # refuse what is not a whole version file before using a number
         with self._write() as c:
             version = int(
                 c.execute("SELECT value FROM meta WHERE key = 'next_version'").fetchone()[0]

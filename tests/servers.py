@@ -1,0 +1,163 @@
+"""Real services for tests: uvicorn on a free loopback port, in a thread or in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from robot_sac.schemas import TaskSpec
+from robot_sac.services.inference import create_app
+from robot_sac.settings import Settings
+
+# HalfCheetah's sizes: 17 observations, 6 actions in [-1, 1].
+CHEETAH = TaskSpec(name="cheetah", obs_dim=17, action_low=(-1.0,) * 6, action_high=(1.0,) * 6)
+ROBOT_TOKEN = "robot-secret-token"
+OPERATOR_TOKEN = "operator-secret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ThreadService:
+    """A service running in this process (real HTTP over loopback)."""
+
+    url: str
+    data_dir: Path
+    spec: TaskSpec
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.clients.append(c)
+        return c
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.robot_sac
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_thread_service(
+    data_dir: Path, spec: TaskSpec = CHEETAH, **settings: Any
+) -> ThreadService:
+    cfg = Settings(data_dir=data_dir, **settings)
+    app = create_app(cfg, spec)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the service did not start")
+        time.sleep(0.01)
+    return ThreadService(f"http://127.0.0.1:{port}", data_dir, spec, cfg, server, thread, app)
+
+
+def write_task(path: Path, spec: TaskSpec = CHEETAH) -> Path:
+    path.write_text(json.dumps(spec.model_dump(mode="json")))
+    return path
+
+
+class ProcessService:
+    """``robot-sac serve`` in a subprocess, for tests that kill it."""
+
+    def __init__(self, data_dir: Path, task_file: Path, port: int | None = None, **env: str):
+        self.data_dir, self.task_file = data_dir, task_file
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"service-{self.port}.log"
+
+    def start(self, timeout: float = 60.0) -> ProcessService:
+        cmd = [
+            sys.executable,
+            "-m",
+            "robot_sac.cli",
+            "serve",
+            "--task",
+            str(self.task_file),
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        wait_ready(self.url, timeout, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
+def wait_ready(
+    url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the service exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def transition(
+    robot: str, episode: str, step: int, spec: TaskSpec = CHEETAH, **kw: Any
+) -> dict[str, Any]:
+    """A valid transition as the wire format has it; ``kw`` overrides fields."""
+    base = {
+        "robot_id": robot,
+        "episode_id": episode,
+        "step": step,
+        "obs": [0.01 * step] * spec.obs_dim,
+        "action": [0.0] * spec.action_dim,
+        "reward": 1.0,
+        "next_obs": [0.01 * (step + 1)] * spec.obs_dim,
+        "terminated": False,
+        "truncated": False,
+        "policy_version": 0,
+    }
+    return {**base, **kw}
