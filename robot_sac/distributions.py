@@ -77,6 +77,10 @@ class TanhNormal:
         log_prob = per_dim.sum(-1) - u.shape[-1] * (_HALF_LOG_2PI + 2.0 * _LOG_2)
         return torch.tanh(u), log_prob
 
+    def sample(self) -> Tensor:
+        """A sample without its log-probability (acting, not learning)."""
+        return torch.tanh(torch.addcmul(self.loc, self.scale, torch.randn_like(self.loc)))
+
     def log_prob(self, action: Tensor) -> Tensor:
         """Log-density of ``action`` (shape ``(*batch, action_dim)``), summed over the last dim.
 
@@ -119,6 +123,11 @@ class BoundedBeta:
         x = self._clamp_open(self.base.rsample())
         log_prob = (self.base.log_prob(x) - _LOG_2).sum(-1)
         return 2.0 * x - 1.0, log_prob
+
+    def sample(self) -> Tensor:
+        """A sample without its log-probability (acting, not learning)."""
+        with torch.no_grad():
+            return 2.0 * self._clamp_open(self.base.sample()) - 1.0
 
     def log_prob(self, action: Tensor) -> Tensor:
         """Log-density of ``action`` in ``[-1, 1]``, summed over the last dim.

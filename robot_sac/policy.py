@@ -233,6 +233,7 @@ class Policy:
         high = torch.tensor(info.action_high, dtype=torch.float32, device=self.device)
         self.low, self.high = low, high
         self._half_range = (high - low) / 2
+        self._center = (high + low) / 2
         if safe_action is None:
             safe = torch.zeros_like(low).clamp(low, high)
         else:
@@ -272,13 +273,14 @@ class Policy:
         """
         dist = self.actor.dist(obs)
         if isinstance(deterministic, Tensor):
-            unit = torch.where(
-                deterministic.unsqueeze(-1), dist.mode, dist.rsample_and_log_prob()[0]
-            )
+            unit = torch.where(deterministic.unsqueeze(-1), dist.mode, dist.sample())
         else:
-            unit = dist.mode if deterministic else dist.rsample_and_log_prob()[0]
-        action = torch.addcmul(self.low, unit + 1.0, self._half_range)
-        bad = ~torch.isfinite(action).all(-1)
+            unit = dist.mode if deterministic else dist.sample()
+        action = torch.addcmul(self._center, unit, self._half_range)
+        finite = torch.isfinite(action)
+        if bool(finite.all()):  # the usual case: one check for the whole batch
+            return torch.clamp(action, self.low, self.high), torch.zeros_like(finite[..., 0])
+        bad = ~finite.all(-1)
         action = torch.where(bad.unsqueeze(-1), self.safe_action, action)
         return torch.clamp(action, self.low, self.high), bad
 

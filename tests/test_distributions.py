@@ -167,3 +167,23 @@ def test_bounded_beta_is_finite_at_the_edges_in_float32():
     assert bool(torch.isfinite(c1.grad).all()) and bool(torch.isfinite(c0.grad).all())
     edge = BoundedBeta(torch.full((2, 1), 3.0), torch.full((2, 1), 3.0))
     assert bool(torch.isfinite(edge.log_prob(torch.tensor([[1.0], [-1.0]]))).all())
+
+
+@pytest.mark.parametrize("family", ["tanh_normal", "beta"])
+def test_sample_follows_the_same_distribution_as_rsample(family):
+    # Acting draws with sample() (no log-prob); it must be the distribution training assumes.
+    torch.manual_seed(0)
+    n = 100_000
+    if family == "tanh_normal":
+        dist = TanhNormal(torch.full((n, 2), 0.5), torch.full((n, 2), 0.8))
+    else:
+        dist = BoundedBeta(torch.full((n, 2), 2.0), torch.full((n, 2), 4.0))
+    fast = dist.sample()
+    slow, _ = dist.rsample_and_log_prob()
+    assert fast.shape == slow.shape and bool((fast.abs() <= 1).all())
+    se = float(slow.std()) / math.sqrt(n)
+    assert abs(float(fast.mean()) - float(slow.mean())) < 6 * se
+    assert abs(float(fast.std()) - float(slow.std())) < 0.01
+    # the quartiles agree too (a distribution check, not only the first two moments)
+    q = torch.tensor([0.25, 0.5, 0.75])
+    torch.testing.assert_close(fast[:, 0].quantile(q), slow[:, 0].quantile(q), atol=0.01, rtol=0)

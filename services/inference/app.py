@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +19,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from robot_sac import __version__
@@ -26,6 +29,7 @@ from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.deps import AppState
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.routers import act, admin, health, policy, transitions
+from robot_sac.services.inference.routers.act import ActFastPath
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
 from robot_sac.store import Store, open_store
@@ -77,7 +81,7 @@ class GuardMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        status = 500
+        status = 0
 
         async def counting_send(message: Message) -> None:
             nonlocal status
@@ -87,15 +91,19 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, limited_receive, counting_send)
+        except BodyTooLarge as exc:
+            if status:  # the answer has begun: nothing sensible is left to send
+                raise
+            await JSONResponse({"detail": str(exc)}, status_code=413)(scope, receive, counting_send)
         finally:
-            self._count(scope, status)
+            self._count(scope, status or 500)
 
     def _count(self, scope: Scope, status: int) -> None:
         metrics = self.metrics_of()
         if metrics is None:
             return
-        route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        path = scope.get("robot_sac.route") or getattr(scope.get("route"), "path", None)
+        path = path or "unmatched"
         metrics.requests.labels(path, str(status)).inc()
 
 
@@ -157,6 +165,10 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
                 )
             app.state.robot_sac = AppState(settings, spec, st, metrics, serving, batcher)
             tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(serving.watch())]
+            # Start-up made many long-lived objects (torch, the app); keep the collector from
+            # re-scanning them in a pause that would land on some robot's request.
+            gc.collect()
+            gc.freeze()
             if not settings.auth_enabled:
                 log.warning("no tokens configured: every route is open; bind to loopback only")
             log.info(
@@ -174,18 +186,30 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
             if own_store:
                 st.close()
 
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's native OpenTelemetry reads the environment on every request; this service
+        # exports its own Prometheus metrics instead.
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(
         title="robot_sac inference service",
         version=__version__,
         description="Actions from the current SAC policy, the durable transition log, and the "
         "operator's controls. Errors are JSON objects with a `detail` sentence.",
         lifespan=lifespan,
+        **extra,
     )
     for module in (act, transitions, policy, admin, health):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, detail = describe_validation_errors(list(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(ValidationError)
+    async def _body_validation(request: Request, exc: ValidationError) -> JSONResponse:
+        # Bodies parsed by hand (the act path) raise pydantic's own error type.
         status, detail = describe_validation_errors(list(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=status)
 
@@ -202,5 +226,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         state = getattr(app.state, "robot_sac", None)
         return None if state is None else state.metrics
 
+    # Added last is outermost: the guard sees every request, the act fast path runs inside it.
+    app.add_middleware(ActFastPath, describe_error=describe_validation_errors)
     app.add_middleware(GuardMiddleware, settings=settings, metrics_of=metrics_of)
     return app

@@ -27,16 +27,21 @@ class AppState:
     batcher: MicroBatcher
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker
+# thread, two thread hops per request on the act path for what is a few comparisons.
+
+
+async def get_state(request: Request) -> AppState:
     return request.app.state.robot_sac
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+def _token_of(authorization: str | None) -> str:
+    if authorization is None:
+        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("malformed Authorization header: send 'Authorization: Bearer <token>'")
+    return token.strip()
 
 
 def _matches(token: str, secret: object) -> bool:
@@ -49,14 +54,11 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_robot(request: Request) -> None:
+def check_robot(settings: Settings, authorization: str | None) -> None:
     """Robot scope: act, transitions, read the policy. The operator token may do it too."""
-    settings: Settings = request.app.state.robot_sac.settings
     if not settings.auth_enabled:
         return
-    token = _bearer(request)
-    if token is None:
-        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    token = _token_of(authorization)
     # Compare with both, always, so the time taken does not tell which one matched.
     robot = _matches(token, settings.robot_token)
     operator = _matches(token, settings.operator_token)
@@ -64,14 +66,11 @@ def require_robot(request: Request) -> None:
         raise _unauthorized("invalid token")
 
 
-def require_operator(request: Request) -> None:
+def check_operator(settings: Settings, authorization: str | None) -> None:
     """Operator scope: everything, ``/v1/admin/*`` included."""
-    settings: Settings = request.app.state.robot_sac.settings
     if not settings.auth_enabled:
         return
-    token = _bearer(request)
-    if token is None:
-        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    token = _token_of(authorization)
     robot = _matches(token, settings.robot_token)
     operator = _matches(token, settings.operator_token)
     if operator:
@@ -81,3 +80,11 @@ def require_operator(request: Request) -> None:
             403, "this route needs the operator token; a robot token may not use it"
         )
     raise _unauthorized("invalid token")
+
+
+async def require_robot(request: Request) -> None:
+    check_robot(request.app.state.robot_sac.settings, request.headers.get("authorization"))
+
+
+async def require_operator(request: Request) -> None:
+    check_operator(request.app.state.robot_sac.settings, request.headers.get("authorization"))
