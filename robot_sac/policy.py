@@ -29,6 +29,7 @@ from torch import Tensor
 from robot_sac.config import PolicyFamily
 from robot_sac.fileio import write_atomic
 from robot_sac.networks import Actor
+from robot_sac.schemas import TaskSpec
 
 FORMAT = "robot_sac.policy/1"
 _MAX_HEADER = 16 * 1024 * 1024
@@ -205,8 +206,31 @@ def _check_info(info: PolicyInfo) -> None:
         raise PolicyFileError("metadata", "log_std bounds are not finite")
     if info.log_std_min >= info.log_std_max:
         raise PolicyFileError("metadata", "log_std_min must be below log_std_max")
-    if info.version < 0 or info.updates < 0:
-        raise PolicyFileError("metadata", "version and updates must be non-negative")
+    if not (0 <= info.version <= 2**62 and 0 <= info.updates <= 2**62):
+        raise PolicyFileError("metadata", "version and updates must be in [0, 2**62]")
+    if len(info.created_at) > 64:
+        raise PolicyFileError("metadata", "created_at is longer than 64 characters")
+
+
+def check_task(info: PolicyInfo, spec: TaskSpec) -> None:
+    """Refuse a version built for another task (sizes or action bounds)."""
+    if info.obs_dim != spec.obs_dim or info.action_dim != spec.action_dim:
+        raise PolicyFileError(
+            "task",
+            f"the file is for obs_dim {info.obs_dim}, action_dim {info.action_dim}; the task has "
+            f"{spec.obs_dim}, {spec.action_dim}",
+        )
+    for name, have, want in (
+        ("action_low", info.action_low, spec.action_low),
+        ("action_high", info.action_high, spec.action_high),
+    ):
+        if any(
+            not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+            for a, b in zip(have, want, strict=True)
+        ):
+            raise PolicyFileError(
+                "task", f"{name} {list(have)} differs from the task's {list(want)}"
+            )
 
 
 class Policy:
@@ -234,6 +258,12 @@ class Policy:
         self.low, self.high = low, high
         self._half_range = (high - low) / 2
         self._center = (high + low) / 2
+        self.set_safe_action(safe_action)
+        self.replaced = 0
+
+    def set_safe_action(self, safe_action: Sequence[float] | None) -> None:
+        """What a non-finite action is replaced with (default: zeros clipped into the bounds)."""
+        low, high = self.low, self.high
         if safe_action is None:
             safe = torch.zeros_like(low).clamp(low, high)
         else:
@@ -241,7 +271,6 @@ class Policy:
             if safe.shape != low.shape or not bool(((safe >= low) & (safe <= high)).all()):
                 raise ValueError("safe_action must have action_dim entries inside the bounds")
         self.safe_action = safe
-        self.replaced = 0
 
     @property
     def version(self) -> int:

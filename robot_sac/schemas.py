@@ -85,7 +85,13 @@ class TaskSpec(BaseModel):
 # Observations and actions are flat lists of finite numbers: strict floats refuse strings and
 # booleans, and NaN or infinity (which Python's JSON parser accepts) are refused too.
 
-FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Values are stored as float32: a finite number beyond its range would overflow to infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+FiniteFloat = Annotated[
+    float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+]
+# Version numbers and steps fit a signed 64-bit database integer.
+Version = Annotated[int, Field(strict=True, ge=0, le=2**62)]
 Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=65_536)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -131,7 +137,7 @@ class Transition(_Request):
     next_obs: Vector
     terminated: Annotated[bool, Field(strict=True)]
     truncated: Annotated[bool, Field(strict=True)]
-    policy_version: Annotated[int, Field(strict=True, ge=0)] | None = None
+    policy_version: Version | None = None
 
 
 class TransitionsRequest(_Request):
@@ -144,7 +150,7 @@ class TransitionsResponse(BaseModel):
 
 
 class PinRequest(_Request):
-    version: Annotated[int, Field(strict=True, ge=0)]
+    version: Version
 
 
 class PolicyDescription(BaseModel):

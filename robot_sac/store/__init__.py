@@ -35,8 +35,11 @@ def open_store(spec: TaskSpec, data_dir: str | Path = "data", url: str | None = 
     """
     if url and url.startswith(("postgresql://", "postgres://")):
         raise StoreError("the PostgreSQL backend is not available in this version; use SQLite")
-    if url and not url.startswith("sqlite"):
-        raise StoreError(f"unsupported store URL {url!r}: use postgresql://... or leave it unset")
+    if url:
+        raise StoreError(
+            f"unsupported store URL {url!r}: use postgresql://..., or leave it unset for SQLite "
+            "in the data directory"
+        )
     from robot_sac.store.sqlite import SQLiteStore
 
     return SQLiteStore(data_dir, spec)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from robot_sac.schemas import TaskSpec
+from robot_sac.schemas import FLOAT32_MAX, TaskSpec
 
 SCHEMA_VERSION = 1
 
@@ -204,10 +204,11 @@ class Store(abc.ABC):
             )
         data = policy_bytes(actor, self.spec.action_low, self.spec.action_high, version=0)
         record = self.register_policy(data, first=True)
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + 10.0
         while record is None:  # another process reserved version 0: wait for it to land
             if time.monotonic() > deadline:
-                raise StoreError("version 0 was reserved by another process but never registered")
+                # It never did (that start crashed): register this one under the next number.
+                return self.register_policy(data)  # type: ignore[return-value]
             time.sleep(0.05)
             record = self.latest_policy()
         return record
@@ -248,18 +249,25 @@ def encode_rows(
     o, a = spec.obs_dim, spec.action_dim
     rows = []
     for t in transitions:
-        obs = np.asarray(t.obs, dtype="<f4")
-        act = np.asarray(t.action, dtype="<f4")
-        nxt = np.asarray(t.next_obs, dtype="<f4")
+        with np.errstate(over="ignore"):  # overflow to inf is what the next check refuses
+            obs = np.asarray(t.obs, dtype="<f4")
+            act = np.asarray(t.action, dtype="<f4")
+            nxt = np.asarray(t.next_obs, dtype="<f4")
         if obs.shape != (o,) or nxt.shape != (o,) or act.shape != (a,):
             raise ValueError(
                 f"transition {t.robot_id}/{t.episode_id}/{t.step}: obs, action, next_obs must "
                 f"have {o}, {a}, {o} values"
             )
         if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(nxt).all()):
-            raise ValueError(f"transition {t.robot_id}/{t.episode_id}/{t.step} holds NaN or inf")
-        if not math.isfinite(t.reward):
-            raise ValueError(f"transition {t.robot_id}/{t.episode_id}/{t.step}: reward not finite")
+            raise ValueError(
+                f"transition {t.robot_id}/{t.episode_id}/{t.step}: obs, action and next_obs "
+                "must be finite float32 values"
+            )
+        if not (math.isfinite(t.reward) and abs(t.reward) <= FLOAT32_MAX):
+            raise ValueError(
+                f"transition {t.robot_id}/{t.episode_id}/{t.step}: reward {t.reward} is not a "
+                "finite float32"
+            )
         rows.append(
             (
                 t.robot_id,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robot_sac.fileio import write_atomic
-from robot_sac.policy import read_policy_info, with_version
+from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import (
     SCHEMA_VERSION,
@@ -100,6 +100,19 @@ _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, poli
 _CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
 
 
+def _use_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch the file to WAL (persistent). Two processes creating it at once can collide:
+    the switch needs an exclusive lock and SQLite does not wait for it, so retry."""
+    deadline = time.monotonic() + timeout
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SQLiteStore(Store):
     """A :class:`~robot_sac.store.base.Store` in ``data_dir`` (created if missing).
 
@@ -119,7 +132,11 @@ class SQLiteStore(Store):
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
-        self._init_schema()
+        try:
+            self._init_schema()
+        except BaseException:
+            self.close()
+            raise
 
     # --- connections and transactions ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -130,9 +147,9 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
+            _use_wal(conn)
+            conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -199,13 +216,18 @@ class SQLiteStore(Store):
     def _refresh_episodes(self, c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         # An episode's return is known once its last step is logged; a late step of an episode
         # already summed (a reordered retry) updates it.
+        # Whether an episode ended is read from the stored rows, not the batch: a duplicate
+        # (refused) copy of a step must not end an episode the log says is still running.
         touched = {(r[0], r[1]) for r in rows}
-        ended = {(r[0], r[1]) for r in rows if r[7] or r[8]}
-        for key in touched - ended:
+        ended = [
+            key
+            for key in touched
             if c.execute(
-                "SELECT 1 FROM episodes WHERE robot_id = ? AND episode_id = ?", key
-            ).fetchone():
-                ended.add(key)
+                "SELECT 1 FROM transitions WHERE robot_id = ? AND episode_id = ? "
+                "AND (terminated = 1 OR truncated = 1) LIMIT 1",
+                key,
+            ).fetchone()
+        ]
         now = time.time()
         for robot_id, episode_id in ended:
             steps, total = c.execute(
@@ -276,7 +298,8 @@ class SQLiteStore(Store):
 
     # --- the policy registry ----------------------------------------------------------------
     def register_policy(self, data: bytes, first: bool = False) -> PolicyRecord | None:
-        with_version(data, 0)  # refuse what is not a whole version file before using a number
+        # Refuse what is not a whole version file for this task before using a number.
+        check_task(read_policy_info(with_version(data, 0)), self.spec)
         with self._write() as c:
             version = int(
                 c.execute("SELECT value FROM meta WHERE key = 'next_version'").fetchone()[0]
@@ -297,20 +320,24 @@ class SQLiteStore(Store):
             metadata=info.metadata(),
             path=str(path),
         )
-        with self._write() as c:
-            c.execute(
-                "INSERT INTO policies (version, created_at, updates, sha256, path, metadata, "
-                "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    version,
-                    record.created_at,
-                    record.updates,
-                    sha256,
-                    path.name,
-                    json.dumps(record.metadata),
-                    record.registered_at,
-                ),
-            )
+        try:
+            with self._write() as c:
+                c.execute(
+                    "INSERT INTO policies (version, created_at, updates, sha256, path, metadata, "
+                    "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        version,
+                        record.created_at,
+                        record.updates,
+                        sha256,
+                        path.name,
+                        json.dumps(record.metadata),
+                        record.registered_at,
+                    ),
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)  # the number stays used; leave no orphan file behind
+            raise
         return record
 
     def _record(self, row: Sequence[Any]) -> PolicyRecord:
@@ -407,6 +434,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._closed = True
+        self._local = threading.local()  # every thread's next call finds no connection
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -39,9 +39,11 @@ log = logging.getLogger("robot_sac.service")
 UPLOAD_PATH = "/v1/admin/policies"
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
+    """An HTTPException, so FastAPI re-raises it (as 413) when it happens while reading a body."""
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is larger than {limit} bytes")
+        super().__init__(413, f"the request body is larger than {limit} bytes")
         self.limit = limit
 
 
@@ -65,7 +67,7 @@ class GuardMiddleware:
         )
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await JSONResponse({"detail": str(BodyTooLarge(limit))}, status_code=413)(
+            await JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)(
                 scope, receive, send
             )
             self._count(scope, 413)
@@ -94,7 +96,9 @@ class GuardMiddleware:
         except BodyTooLarge as exc:
             if status:  # the answer has begun: nothing sensible is left to send
                 raise
-            await JSONResponse({"detail": str(exc)}, status_code=413)(scope, receive, counting_send)
+            await JSONResponse({"detail": exc.detail}, status_code=413)(
+                scope, receive, counting_send
+            )
         finally:
             self._count(scope, status or 500)
 
@@ -212,10 +216,6 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         # Bodies parsed by hand (the act path) raise pydantic's own error type.
         status, detail = describe_validation_errors(list(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=status)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 import torch
 
-from robot_sac.policy import Policy, PolicyFileError, load_policy
+from robot_sac.policy import Policy, PolicyFileError, check_task, load_policy
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.store import ControlState, PolicyRecord, Store
@@ -39,28 +38,6 @@ class Served:
         return self.record.version
 
 
-def check_matches_task(policy: Policy, spec: TaskSpec) -> None:
-    """Refuse a version built for another task (sizes or action bounds)."""
-    info = policy.info
-    if info.obs_dim != spec.obs_dim or info.action_dim != spec.action_dim:
-        raise PolicyFileError(
-            "task",
-            f"the file is for obs_dim {info.obs_dim}, action_dim {info.action_dim}; the task has "
-            f"{spec.obs_dim}, {spec.action_dim}",
-        )
-    for name, have, want in (
-        ("action_low", info.action_low, spec.action_low),
-        ("action_high", info.action_high, spec.action_high),
-    ):
-        if any(
-            not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
-            for a, b in zip(have, want, strict=True)
-        ):
-            raise PolicyFileError(
-                "task", f"{name} {list(have)} differs from the task's {list(want)}"
-            )
-
-
 class ServingState:
     """The served version, the operator's control state and the watcher that keeps them current."""
 
@@ -77,6 +54,8 @@ class ServingState:
         self.served: Served | None = None
         self.control = ControlState()
         self.refused: dict[int, str] = {}
+        # Bumped by every operator change, so a slower read by the watcher cannot undo it.
+        self._control_generation = 0
         self.started_at = time.time()
         self._swap_lock = asyncio.Lock()
         # Loading runs beside inference, never in its thread, so a swap never stalls answers.
@@ -90,10 +69,9 @@ class ServingState:
     def load(self, record: PolicyRecord) -> Policy:
         """Read, check and load a version (blocking: call it off the event loop)."""
         data = self.store.policy_bytes(record)
-        policy = load_policy(
-            data, sha256=record.sha256, device=self.device, safe_action=self.spec.safe_action
-        )
-        check_matches_task(policy, self.spec)
+        policy = load_policy(data, sha256=record.sha256, device=self.device)
+        check_task(policy.info, self.spec)
+        policy.set_safe_action(self.spec.safe_action)
         return policy
 
     async def swap_to(self, version: int) -> tuple[bool, str | None]:
@@ -131,9 +109,18 @@ class ServingState:
             return True, None
 
     # --- following the registry and the operator ---------------------------------------------
+    def set_control(self, control: ControlState) -> None:
+        """Adopt a control state an operator has just written (takes effect at once)."""
+        self._control_generation += 1
+        self.control = control
+        self.metrics.hold.set(1.0 if control.hold else 0.0)
+
     async def sync(self) -> None:
         """Read the control state and registry once; swap if the served version should change."""
+        generation = self._control_generation
         control = await anyio.to_thread.run_sync(self.store.control)
+        if generation != self._control_generation:
+            return  # an operator changed it meanwhile; what we read may predate that
         self.control = control
         self.metrics.hold.set(1.0 if control.hold else 0.0)
         if control.mode == "pinned" and control.pinned_version is not None:

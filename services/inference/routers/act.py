@@ -42,6 +42,8 @@ async def answer(state: AppState, path: str, authorization: str | None, body: by
     """
     start = time.perf_counter()
     check_robot(state.settings, authorization)
+    if not body:
+        raise HTTPException(422, "the request needs a JSON body")
     if path == ACT:
         one = ActRequest.model_validate_json(body)
         obs = _obs_array([one.obs], state.spec.obs_dim, single=True)

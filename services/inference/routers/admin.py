@@ -8,10 +8,9 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from robot_sac.policy import PolicyFileError, load_policy
+from robot_sac.policy import PolicyFileError, check_task, load_policy
 from robot_sac.schemas import PinRequest
 from robot_sac.services.inference.deps import AppState, get_state, require_operator
-from robot_sac.services.inference.serving import check_matches_task
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_operator)])
 
@@ -125,8 +124,8 @@ async def upload_policy(request: Request, state: AppState = Depends(get_state)) 
         raise HTTPException(422, "the body must be a version file (safetensors bytes)")
 
     def validate_and_register() -> int:
-        policy = load_policy(data, device="cpu", safe_action=state.spec.safe_action)
-        check_matches_task(policy, state.spec)
+        policy = load_policy(data, device="cpu")
+        check_task(policy.info, state.spec)
         record = state.store.register_policy(data)
         assert record is not None
         return record.version
@@ -140,8 +139,7 @@ async def upload_policy(request: Request, state: AppState = Depends(get_state)) 
 
 async def _set_control(state: AppState, **changes: Any) -> dict[str, Any]:
     control = await anyio.to_thread.run_sync(lambda: state.store.update_control(**changes))
-    state.serving.control = control
-    state.metrics.hold.set(1.0 if control.hold else 0.0)
+    state.serving.set_control(control)
     return await status_of(state)
 
 

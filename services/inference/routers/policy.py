@@ -44,7 +44,9 @@ async def describe_policy(state: AppState = Depends(get_state)) -> PolicyDescrip
     },
 )
 async def policy_weights(
-    version: int | None = Query(default=None, ge=0, description="Default: the served version."),
+    version: int | None = Query(
+        default=None, ge=0, le=2**62, description="Default: the served version."
+    ),
     state: AppState = Depends(get_state),
 ) -> Response:
     """A version file (safetensors bytes); load it with ``robot_sac.policy.load_policy``."""

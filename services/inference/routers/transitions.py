@@ -37,6 +37,8 @@ async def log_transitions(
         accepted, duplicates = await anyio.to_thread.run_sync(state.store.append, body.transitions)
     except StoreError as exc:
         raise HTTPException(503, f"the transition log is unavailable: {exc}") from exc
+    except ValueError as exc:  # the store's own checks, behind the schema's
+        raise HTTPException(422, str(exc)) from exc
     state.metrics.transitions_accepted.inc(accepted)
     state.metrics.transitions_duplicates.inc(duplicates)
     return TransitionsResponse(accepted=accepted, duplicates=duplicates)

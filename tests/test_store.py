@@ -1,0 +1,1028 @@
+"""The store (``robot_sac.store``): transition log, episodes, policy registry, control state.
+
+Covers, on real files and without mocks: append/read round trips (float32 bit-identical vectors,
+flags, ``policy_version``), tailing the log by position, idempotent appends (retries, repeats
+inside a batch, first write wins; plus a hypothesis property over random retried and reordered
+batches), refusal of bad input with the whole batch left out, episode returns and their crediting
+to versions, the registry (version 0, numbering that never reuses a number, not even after a
+failed write or a reopen, metadata rewritten to the registered number), control state and learner
+status persisting across reopen, refusal of a data directory made for another task, concurrent
+writers (threads and processes), two processes creating one version 0, and ``open_store`` URLs.
+
+Every backend-agnostic test goes through the ``make_store`` fixture and the public ``Store``
+interface only, so a second backend joins by adding its name to ``BACKENDS`` and a branch to
+``open_backend``. Tests marked ``# SQLite-specific`` look at the SQLite file directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import multiprocessing
+import queue
+import sqlite3
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import robot_sac.store.base as store_base
+import robot_sac.store.sqlite as store_sqlite
+from robot_sac.config import SACConfig
+from robot_sac.networks import Actor
+from robot_sac.policy import PolicyFileError, load_policy, policy_bytes, read_policy_info
+from robot_sac.schemas import TaskSpec, Transition
+from robot_sac.store import (
+    ControlState,
+    LogRows,
+    PolicyRecord,
+    Store,
+    StoreError,
+    VersionEpisodes,
+    open_store,
+)
+
+SPEC = TaskSpec(
+    name="store-test",
+    obs_dim=3,
+    action_low=(-1.0, -1.0),
+    action_high=(1.0, 1.0),
+    sac=SACConfig(hidden=(16, 16)),
+)
+
+# --- backends -------------------------------------------------------------------------------------
+
+BACKENDS = ["sqlite"]
+
+
+def open_backend(backend: str, spec: TaskSpec, where: Path) -> Store:
+    """Open the ``backend`` store at ``where``: a new path is a new, empty store, the same path
+    reopens the same store (a PostgreSQL backend maps the path to its own database or schema)."""
+    if backend == "sqlite":
+        return open_store(spec, where)
+    raise AssertionError(f"no such backend in this test file: {backend}")
+
+
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(backend: str, tmp_path: Path) -> Iterator[MakeStore]:
+    """``make_store(spec=SPEC, name="data")`` opens (or reopens) the store called ``name``."""
+    opened: list[Store] = []
+
+    def make(spec: TaskSpec = SPEC, name: str = "data") -> Store:
+        store = open_backend(backend, spec, tmp_path / name)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """The attributes of :class:`Transition` without its validation: feeds the store bad input."""
+
+    robot_id: str
+    episode_id: str
+    step: int
+    obs: Sequence[float]
+    action: Sequence[float]
+    reward: float
+    next_obs: Sequence[float]
+    terminated: bool = False
+    truncated: bool = False
+    policy_version: int | None = None
+
+
+def step(
+    i: int = 0,
+    *,
+    robot: str = "r0",
+    episode: str = "e0",
+    tag: float = 0.0,
+    reward: float = 0.0,
+    version: int | None = None,
+    terminated: bool = False,
+    truncated: bool = False,
+    **fields: Any,
+) -> Step:
+    """A valid transition; ``obs[0]`` carries ``tag`` so a stored row can be told apart."""
+    values: dict[str, Any] = {
+        "robot_id": robot,
+        "episode_id": episode,
+        "step": i,
+        "obs": [tag, float(i), 0.5],
+        "action": [0.25, -0.25],
+        "reward": reward,
+        "next_obs": [tag, float(i) + 1.0, 0.5],
+        "terminated": terminated,
+        "truncated": truncated,
+        "policy_version": version,
+    }
+    values.update(fields)
+    return Step(**values)
+
+
+def all_rows(store: Store) -> LogRows:
+    return store.read_after(0, 1_000_000)
+
+
+def tags(rows: LogRows) -> list[float]:
+    return [float(x) for x in rows.obs[:, 0]]
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    assert a.dtype == np.float32
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+def make_policy_bytes(
+    version: int = 0, updates: int = 0, seed: int = 1, spec: TaskSpec = SPEC
+) -> tuple[bytes, Actor]:
+    torch.manual_seed(seed)
+    actor = Actor(spec.obs_dim, spec.action_dim, spec.sac.hidden)
+    data = policy_bytes(actor, spec.action_low, spec.action_high, version=version, updates=updates)
+    return data, actor
+
+
+def fail_next_write(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make the store's next policy file write fail (a crash or full disk); later ones work."""
+    failed: list[Path] = []
+    real = store_sqlite.write_atomic
+
+    def write_atomic(path: str | Path, data: bytes) -> str:
+        if not failed:
+            failed.append(Path(path))
+            raise OSError(28, "No space left on device (simulated)")
+        return real(path, data)
+
+    monkeypatch.setattr(store_sqlite, "write_atomic", write_atomic)
+    return failed
+
+
+# --- 1. append and read ---------------------------------------------------------------------------
+
+AWKWARD = [-0.0, 1e-30, 3.0e38, -3.0e38, 1.0 / 3.0, 1e-45, -123456.789, 0.0, 7.0]
+
+
+def test_empty_log_reads_nothing_and_reports_position_zero(store: Store) -> None:
+    assert store.transition_count() == 0
+    assert store.last_position() == 0
+    rows = store.read_after(0, 10)
+    assert len(rows) == 0
+    assert rows.obs.shape == (0, 3) and rows.action.shape == (0, 2)
+    assert len(store.read_latest(5)) == 0
+    assert store.append([]) == (0, 0)
+
+
+def test_append_read_round_trip_is_bit_identical_float32(store: Store) -> None:
+    n = len(AWKWARD)
+    flags = [(False, False), (True, False), (False, True), (True, True)]
+    versions = [None, 0, 5, None, 2**40, 1, None, 3, 4]
+    batch = [
+        Transition(
+            robot_id="arm-1",
+            episode_id=f"ep-{i % 2}",
+            step=i,
+            obs=[AWKWARD[i], AWKWARD[(i + 1) % n], AWKWARD[(i + 2) % n]],
+            action=[AWKWARD[(i + 3) % n], -AWKWARD[(i + 4) % n]],
+            reward=[0.5, -1e-30, 1e30, -0.0, 2.5, 1e-45, -7.25, 0.0, 1.0][i],
+            next_obs=[AWKWARD[(i + 5) % n], AWKWARD[(i + 6) % n], AWKWARD[(i + 7) % n]],
+            terminated=flags[i % 4][0],
+            truncated=flags[i % 4][1],
+            policy_version=versions[i],
+        )
+        for i in range(n)
+    ]
+    assert store.append(batch) == (n, 0)
+
+    rows = all_rows(store)
+    assert len(rows) == n
+    assert rows.position.dtype == np.int64 and rows.policy_version.dtype == np.int64
+    assert rows.terminated.dtype == bool and rows.truncated.dtype == bool
+    assert rows.reward.dtype == np.float32
+    assert np.all(np.diff(rows.position) > 0)
+    want_obs = np.asarray([t.obs for t in batch], np.float32)
+    want_action = np.asarray([t.action for t in batch], np.float32)
+    want_next = np.asarray([t.next_obs for t in batch], np.float32)
+    np.testing.assert_array_equal(bits(rows.obs), bits(want_obs))  # -0.0 keeps its sign
+    np.testing.assert_array_equal(bits(rows.action), bits(want_action))
+    np.testing.assert_array_equal(bits(rows.next_obs), bits(want_next))
+    np.testing.assert_array_equal(rows.reward, np.asarray([t.reward for t in batch], np.float32))
+    np.testing.assert_array_equal(rows.terminated, [t.terminated for t in batch])
+    np.testing.assert_array_equal(rows.truncated, [t.truncated for t in batch])
+    np.testing.assert_array_equal(rows.policy_version, [-1 if v is None else v for v in versions])
+    assert store.transition_count() == n
+    assert store.last_position() == int(rows.position[-1])
+
+
+def test_read_after_pages_through_every_row_once_in_order(store: Store) -> None:
+    sizes = [7, 1, 12, 5]
+    tag = itertools.count()
+    for b, size in enumerate(sizes):
+        batch = [step(i, episode=f"e{b}", tag=float(next(tag))) for i in range(size)]
+        assert store.append(batch) == (size, 0)
+    total = sum(sizes)
+
+    seen: list[float] = []
+    positions: list[int] = []
+    last = 0
+    while True:
+        page = store.read_after(last, 4)
+        assert len(page) <= 4
+        if len(page) == 0:
+            break
+        assert int(page.position[0]) > last
+        positions += page.position.tolist()
+        seen += tags(page)
+        last = int(page.position[-1])
+    assert seen == [float(x) for x in range(total)]  # every row once, in append order
+    assert all(b > a for a, b in itertools.pairwise(positions))
+    assert last == store.last_position()
+    assert len(store.read_after(last, 10)) == 0
+    assert len(store.read_after(0, 0)) == 0
+    assert store.transition_count() == total
+
+
+def test_read_latest_returns_the_newest_rows_in_log_order(store: Store) -> None:
+    for b in range(3):
+        store.append([step(i, episode=f"e{b}", tag=float(10 * b + i)) for i in range(4)])
+    everything = all_rows(store)
+    newest = store.read_latest(5)
+    assert tags(newest) == [13.0, 20.0, 21.0, 22.0, 23.0]
+    np.testing.assert_array_equal(newest.position, everything.position[-5:])
+    assert tags(store.read_latest(100)) == tags(everything)
+    assert len(store.read_latest(0)) == 0
+
+
+def test_log_survives_close_and_reopen_and_positions_keep_increasing(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    store.append([step(i, tag=float(i)) for i in range(6)])
+    before = all_rows(store)
+    store.close()
+
+    store = make_store()
+    again = all_rows(store)
+    np.testing.assert_array_equal(again.position, before.position)
+    np.testing.assert_array_equal(bits(again.obs), bits(before.obs))
+    assert store.transition_count() == 6
+    assert store.append([step(i, episode="later", tag=100.0) for i in range(2)]) == (2, 0)
+    new = store.read_after(int(before.position[-1]), 10)
+    assert len(new) == 2 and tags(new) == [100.0, 100.0]
+    assert int(new.position[0]) > int(before.position[-1])
+
+
+def test_a_committed_batch_is_visible_to_another_store_on_the_same_data(
+    make_store: MakeStore,
+) -> None:
+    writer, reader = make_store(), make_store()
+    assert reader.transition_count() == 0
+    writer.append([step(i, tag=float(i)) for i in range(3)])
+    assert reader.transition_count() == 3
+    assert tags(reader.read_after(0, 10)) == [0.0, 1.0, 2.0]
+    assert reader.last_position() == writer.last_position()
+
+
+# --- 2. idempotency -------------------------------------------------------------------------------
+
+
+def test_a_retried_batch_is_counted_as_duplicates_and_stores_nothing(store: Store) -> None:
+    batch = [step(i, tag=float(i)) for i in range(5)]
+    assert store.append(batch) == (5, 0)
+    last = store.last_position()
+    assert store.append(batch) == (0, 5)
+    assert store.append(list(reversed(batch))) == (0, 5)
+    assert store.transition_count() == 5
+    assert store.last_position() == last
+    assert tags(all_rows(store)) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_partly_new_batch_stores_only_the_new_keys(store: Store) -> None:
+    store.append([step(i, tag=float(i)) for i in range(3)])
+    assert store.append([step(i, tag=float(i)) for i in range(1, 6)]) == (3, 2)
+    assert sorted(tags(all_rows(store))) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_key_repeated_inside_a_batch_is_stored_once(store: Store) -> None:
+    t = step(3, tag=1.0)
+    assert store.append([t, t]) == (1, 1)
+    assert store.transition_count() == 1
+    assert len(all_rows(store)) == 1
+
+
+def test_same_key_with_other_content_is_a_duplicate_and_the_first_write_wins(
+    store: Store,
+) -> None:
+    assert store.append([step(0, tag=1.0, reward=1.0)]) == (1, 0)
+    assert store.append([step(0, tag=2.0, reward=2.0, terminated=True, version=4)]) == (0, 1)
+    # ... also inside one batch: the earlier transition wins
+    assert store.append([step(1, tag=3.0, reward=3.0), step(1, tag=4.0, reward=4.0)]) == (1, 1)
+    rows = all_rows(store)
+    assert tags(rows) == [1.0, 3.0]
+    assert rows.reward.tolist() == [1.0, 3.0]
+    assert rows.terminated.tolist() == [False, False]
+    assert rows.policy_version.tolist() == [-1, -1]
+
+
+def test_keys_differing_in_any_one_part_are_distinct(store: Store) -> None:
+    batch = [
+        step(0, robot="a", episode="x"),
+        step(0, robot="b", episode="x"),
+        step(0, robot="a", episode="y"),
+        step(1, robot="a", episode="x"),
+    ]
+    assert store.append(batch) == (4, 0)
+    assert store.transition_count() == 4
+
+
+_KEYS = st.lists(
+    st.tuples(st.sampled_from(["r0", "r1"]), st.sampled_from(["e0", "e1"]), st.integers(0, 4)),
+    min_size=1,
+    max_size=10,
+    unique=True,
+)
+
+
+@st.composite
+def retried_batches(draw: st.DrawFn) -> tuple[list[tuple[str, str, int]], list[list[int]]]:
+    """Keys, and batches of indices into them: repeats, retries of earlier batches, reorderings."""
+    keys = draw(_KEYS)
+    index = st.integers(0, len(keys) - 1)
+    batches: list[list[int]] = []
+    for _ in range(draw(st.integers(1, 6))):
+        if batches and draw(st.booleans()):  # a retry of an earlier batch, maybe reordered
+            batch = list(draw(st.sampled_from(batches)))
+            batch = draw(st.permutations(batch)) if batch else batch
+        else:
+            batch = draw(st.lists(index, max_size=8))
+        batches.append(batch)
+    return keys, batches
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=retried_batches())
+def test_property_each_key_is_stored_exactly_once_and_first_write_wins(
+    backend: str, case: tuple[list[tuple[str, str, int]], list[list[int]]]
+) -> None:
+    keys, batches = case
+    occurrence = itertools.count(1)
+    first_seen: dict[int, float] = {}
+    total_accepted = 0
+    with tempfile.TemporaryDirectory() as where:
+        store = open_backend(backend, SPEC, Path(where))
+        try:
+            for batch in batches:
+                steps = []
+                for k in batch:
+                    n = float(next(occurrence))  # each sending differs in content (obs[1])
+                    first_seen.setdefault(k, n)
+                    robot, episode, i = keys[k]
+                    steps.append(
+                        step(i, robot=robot, episode=episode, tag=float(k), obs=[k, n, 0.0])
+                    )
+                accepted, duplicates = store.append(steps)
+                assert accepted + duplicates == len(batch)
+                total_accepted += accepted
+            rows = all_rows(store)
+            stored = [int(k) for k in rows.obs[:, 0]]
+            assert sorted(stored) == sorted(first_seen)  # each key sent is stored exactly once
+            assert total_accepted == len(first_seen)
+            assert store.transition_count() == len(first_seen)
+            for k, n in zip(stored, rows.obs[:, 1].tolist(), strict=True):
+                assert n == first_seen[k]  # the first sending of a key is the one stored
+            assert np.all(np.diff(rows.position) > 0)
+        finally:
+            store.close()
+
+
+# --- 3. bad input ---------------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+BAD_FIELDS = {
+    "obs_too_short": {"obs": [0.0, 0.0]},
+    "obs_too_long": {"obs": [0.0, 0.0, 0.0, 0.0]},
+    "obs_empty": {"obs": []},
+    "action_too_short": {"action": [0.0]},
+    "action_too_long": {"action": [0.0, 0.0, 0.0]},
+    "next_obs_wrong_length": {"next_obs": [0.0, 0.0]},
+    "obs_matrix": {"obs": [[0.0, 0.0, 0.0]]},
+    "obs_nan": {"obs": [0.0, NAN, 0.0]},
+    "obs_inf": {"obs": [INF, 0.0, 0.0]},
+    "obs_overflows_float32": {"obs": [1e39, 0.0, 0.0]},
+    "action_minus_inf": {"action": [0.0, -INF]},
+    "action_nan": {"action": [NAN, 0.0]},
+    "next_obs_nan": {"next_obs": [0.0, 0.0, NAN]},
+    "next_obs_inf": {"next_obs": [0.0, 0.0, -INF]},
+    "reward_nan": {"reward": NAN},
+    "reward_inf": {"reward": INF},
+    "reward_minus_inf": {"reward": -INF},
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("fields", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
+def test_bad_transition_is_refused_and_its_whole_batch_left_out(
+    store: Store, fields: dict[str, Any]
+) -> None:
+    store.append([step(0, episode="earlier", tag=9.0)])
+    good = step(0, tag=1.0, terminated=True, version=1)
+    bad = step(1, tag=2.0, **fields)
+    with pytest.raises(ValueError, match="r0/e0/1"):  # the message names the transition
+        store.append([good, bad])
+    assert store.transition_count() == 1
+    assert tags(all_rows(store)) == [9.0]
+    assert store.episodes_by_version() == []
+    assert store.append([good]) == (1, 0)  # the valid one was not stored before
+
+
+def test_reward_beyond_float32_is_refused_or_read_back_finite(store: Store) -> None:
+    with np.errstate(over="ignore"):
+        try:
+            store.append([step(0, reward=1e39)])
+        except ValueError:
+            assert store.transition_count() == 0  # refused: fine
+            return
+        assert np.isfinite(all_rows(store).reward).all()
+
+
+# --- 4. episodes ----------------------------------------------------------------------------------
+
+
+def test_episode_return_is_the_sum_of_rewards_once_its_last_step_is_logged(
+    store: Store,
+) -> None:
+    store.append([step(i, reward=r, version=3) for i, r in enumerate([1.0, 2.0, 3.0, 4.0])])
+    assert store.episodes_by_version() == []  # not ended yet
+    store.append([step(4, reward=0.5, version=3, terminated=True)])
+    assert store.episodes_by_version() == [VersionEpisodes(3, 1, 10.5, (10.5,))]
+    # a truncated step ends an episode too
+    store.append([step(i, episode="e1", reward=-1.0, version=3) for i in range(2)])
+    store.append([step(2, episode="e1", reward=-1.0, version=3, truncated=True)])
+    assert store.episodes_by_version() == [VersionEpisodes(3, 2, 3.75, (-3.0, 10.5))]
+
+
+def test_an_episode_without_an_ending_step_is_not_counted(store: Store) -> None:
+    store.append([step(i, reward=1.0, version=1) for i in range(10)])
+    store.append([step(0, episode="done", reward=2.0, version=1, terminated=True)])
+    assert store.episodes_by_version() == [VersionEpisodes(1, 1, 2.0, (2.0,))]
+
+
+def test_a_mixed_episode_is_credited_to_the_version_that_chose_most_steps(
+    store: Store,
+) -> None:
+    versions = [2, 1, 2, 1, 2, None, None]  # 3 steps by v2, 2 by v1, 2 unknown
+    store.append(
+        [
+            step(i, reward=1.0, version=v, terminated=i == len(versions) - 1)
+            for i, v in enumerate(versions)
+        ]
+    )
+    # steps whose version is unknown do not vote
+    store.append(
+        [
+            step(i, episode="mostly-unknown", reward=0.5, version=v, terminated=i == 3)
+            for i, v in enumerate([None, None, None, 1])
+        ]
+    )
+    assert store.episodes_by_version() == [
+        VersionEpisodes(1, 1, 2.0, (2.0,)),
+        VersionEpisodes(2, 1, 7.0, (7.0,)),
+    ]
+
+
+def test_a_late_earlier_step_of_an_ended_episode_updates_its_return(store: Store) -> None:
+    store.append([step(1, reward=2.0, version=1), step(2, reward=4.0, version=1, terminated=True)])
+    assert store.episodes_by_version() == [VersionEpisodes(1, 1, 6.0, (6.0,))]
+    store.append([step(0, reward=1.0, version=1)])  # a retry arriving late
+    assert store.episodes_by_version() == [VersionEpisodes(1, 1, 7.0, (7.0,))]
+    store.append([step(0, reward=100.0, version=1)])  # a duplicate changes nothing
+    assert store.episodes_by_version() == [VersionEpisodes(1, 1, 7.0, (7.0,))]
+
+
+def test_episodes_by_version_gives_counts_means_and_newest_returns_first(
+    store: Store,
+) -> None:
+    for k in range(5):  # version 1: returns 1, 2, 3, 4, 5, one batch (and time) each
+        store.append([step(0, episode=f"a{k}", reward=float(k + 1), version=1, terminated=True)])
+    store.append([step(0, episode="b", reward=-4.0, version=2, truncated=True)])
+    assert store.episodes_by_version(recent=3) == [
+        VersionEpisodes(1, 5, 3.0, (5.0, 4.0, 3.0)),
+        VersionEpisodes(2, 1, -4.0, (-4.0,)),
+    ]
+    assert store.episodes_by_version()[0].recent_returns == (5.0, 4.0, 3.0, 2.0, 1.0)
+
+
+def test_episodes_of_different_robots_with_the_same_episode_id_are_separate(
+    store: Store,
+) -> None:
+    store.append(
+        [
+            step(0, robot="a", episode="1", reward=1.0, version=0, terminated=True),
+            step(0, robot="b", episode="1", reward=3.0, version=0, terminated=True),
+        ]
+    )
+    (summary,) = store.episodes_by_version()
+    assert (summary.version, summary.episodes, summary.mean_return) == (0, 2, 2.0)
+    assert sorted(summary.recent_returns) == [1.0, 3.0]
+
+
+def test_a_duplicate_ending_step_does_not_end_an_episode(store: Store) -> None:
+    store.append([step(0, reward=1.0, version=1)])
+    assert store.append([step(0, reward=1.0, version=1, terminated=True)]) == (0, 1)
+    assert store.episodes_by_version() == []  # no stored step ended the episode
+
+
+# --- 5. the policy registry -----------------------------------------------------------------------
+
+
+def test_ensure_initial_policy_registers_version_0_once(store: Store) -> None:
+    assert store.latest_policy() is None and store.list_policies() == []
+    v0 = store.ensure_initial_policy()
+    assert v0.version == 0
+    assert store.ensure_initial_policy() == v0
+    assert store.list_policies() == [v0]
+    assert store.register_policy(make_policy_bytes()[0], first=True) is None
+    assert store.list_policies() == [v0]
+
+    data = store.policy_bytes(v0)
+    assert hashlib.sha256(data).hexdigest() == v0.sha256
+    policy = load_policy(data, sha256=v0.sha256)
+    info = policy.info
+    assert (info.obs_dim, info.action_dim, info.version) == (3, 2, 0)
+    assert info.action_low == SPEC.action_low and info.action_high == SPEC.action_high
+    assert info.hidden == (16, 16)
+    action = policy.act(np.zeros(3, np.float32))
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1.0)
+    # first=True did not use a number: the next version is 1
+    assert store.register_policy(make_policy_bytes()[0]).version == 1
+
+
+def test_register_policy_numbers_versions_and_rewrites_the_file_version(store: Store) -> None:
+    v0 = store.ensure_initial_policy()
+    data, actor = make_policy_bytes(version=42, updates=7)
+    v1 = store.register_policy(data)
+    v2 = store.register_policy(make_policy_bytes(version=1, seed=2)[0])
+    assert v1 is not None and v2 is not None
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.updates == 7
+    assert v1.metadata["version"] == "1"
+
+    stored = store.policy_bytes(v1)
+    assert hashlib.sha256(stored).hexdigest() == v1.sha256
+    assert read_policy_info(stored).version == 1  # the uploaded file said 42
+    loaded = load_policy(stored, sha256=v1.sha256)
+    assert loaded.info.updates == 7
+    for name, tensor in actor.state_dict().items():
+        assert torch.equal(loaded.actor.state_dict()[name], tensor), name
+    assert read_policy_info(store.policy_bytes(v2)).version == 2
+
+    assert store.get_policy(1) == v1
+    assert store.get_policy(7) is None
+    assert store.latest_policy() == v2
+    assert store.list_policies() == [v0, v1, v2]
+
+
+GARBAGE = {
+    "empty": b"",
+    "text": b"not a policy file at all",
+    "zeros": bytes(64),
+    "safetensors_without_metadata": (lambda h: len(h).to_bytes(8, "little") + h)(b"{}      "),
+}
+
+
+@pytest.mark.parametrize("data", GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_is_refused_without_using_a_version_number(store: Store, data: bytes) -> None:
+    store.ensure_initial_policy()
+    with pytest.raises(PolicyFileError):
+        store.register_policy(data)
+    assert [r.version for r in store.list_policies()] == [0]
+    assert store.register_policy(make_policy_bytes()[0]).version == 1
+
+
+def test_a_number_reserved_by_a_failed_registration_is_never_reused(
+    store: Store, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.ensure_initial_policy()
+    failed = fail_next_write(monkeypatch)
+    with pytest.raises(OSError, match="simulated"):
+        store.register_policy(make_policy_bytes(seed=5)[0])
+    assert failed, "the file write was not attempted"
+    assert store.get_policy(1) is None
+    assert [r.version for r in store.list_policies()] == [0]
+    after = store.register_policy(make_policy_bytes(seed=6)[0])
+    assert after.version > 1  # a gap is fine, reuse of 1 is not
+    assert load_policy(store.policy_bytes(after), sha256=after.sha256).version == after.version
+    store.close()
+    reopened = make_store()
+    assert reopened.register_policy(make_policy_bytes(seed=7)[0]).version > after.version
+
+
+def test_version_numbering_continues_after_reopen(make_store: MakeStore) -> None:
+    store = make_store()
+    store.ensure_initial_policy()
+    store.register_policy(make_policy_bytes()[0])
+    store.close()
+    store = make_store()
+    latest = store.latest_policy()
+    assert latest is not None and latest.version == 1
+    assert store.ensure_initial_policy() == latest  # no new version on a restart
+    assert store.register_policy(make_policy_bytes(seed=3)[0]).version == 2
+    assert [r.version for r in store.list_policies()] == [0, 1, 2]
+
+
+def test_concurrent_registrations_get_distinct_numbers(store: Store) -> None:
+    store.ensure_initial_policy()
+    data = [make_policy_bytes(seed=s)[0] for s in range(6)]
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def register(chunk: list[bytes]) -> None:
+        try:
+            for d in chunk:
+                record = store.register_policy(d)
+                assert record is not None
+                got.append(record.version)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(data[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    assert [r.version for r in store.list_policies()] == list(range(7))
+
+
+def test_a_failed_first_start_does_not_block_later_starts(
+    store: Store, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_next_write(monkeypatch)
+    with pytest.raises(OSError, match="simulated"):
+        store.ensure_initial_policy()
+    store.close()
+    # Restart. A fake clock makes the store's wait for "another process" pass at once.
+    clock = itertools.count(0.0, 5.0)
+    fake_time = types.SimpleNamespace(
+        monotonic=lambda: next(clock), sleep=lambda _s: None, time=time.time
+    )
+    monkeypatch.setattr(store_base, "time", fake_time)
+    restarted = make_store()
+    record = restarted.ensure_initial_policy()  # a number > 0 is fine: 0 must not be reused
+    assert load_policy(restarted.policy_bytes(record), sha256=record.sha256).obs_dim == 3
+
+
+# --- 6, 7. concurrency ----------------------------------------------------------------------------
+
+
+def test_two_threads_append_through_one_store_while_a_reader_tails(store: Store) -> None:
+    own, shared = 60, 20  # each thread sends its own keys and all the shared ones
+    expected = {float(1000 * k + i) for k in range(2) for i in range(own)}
+    expected |= {float(2000 + i) for i in range(shared)}
+
+    def keys_for(thread: int) -> list[Step]:
+        mine = [step(i, robot=f"t{thread}", tag=float(1000 * thread + i)) for i in range(own)]
+        common = [step(i, robot="shared", tag=float(2000 + i)) for i in range(shared)]
+        if thread:
+            common.reverse()
+        mixed = [x for pair in itertools.zip_longest(mine, common) for x in pair if x]
+        return mixed
+
+    counts: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+    tailed: list[float] = []
+    tailed_positions: list[int] = []
+
+    def write(thread: int) -> None:
+        try:
+            sends = keys_for(thread)
+            for b in range(0, len(sends), 8):
+                counts.append(store.append(sends[b : b + 8]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def tail() -> None:
+        try:
+            last = 0
+            while True:
+                finished = done.is_set()
+                page = store.read_after(last, 7)
+                if len(page):
+                    tailed.extend(tags(page))
+                    tailed_positions.extend(page.position.tolist())
+                    last = int(page.position[-1])
+                elif finished:
+                    return
+                else:
+                    time.sleep(0.001)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(k,)) for k in range(2)]
+    reader = threading.Thread(target=tail)
+    reader.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    done.set()
+    reader.join(60)
+    assert not errors
+    assert sum(a for a, _ in counts) == len(expected)
+    assert sum(a + d for a, d in counts) == 2 * (own + shared)
+    assert store.transition_count() == len(expected)
+    stored = tags(all_rows(store))
+    assert len(stored) == len(set(stored)) and set(stored) == expected
+    assert sorted(tailed) == sorted(stored)  # the tailing reader saw every row exactly once
+    assert all(b > a for a, b in itertools.pairwise(tailed_positions))
+
+
+def _append_in_child(
+    backend: str, where: str, proc: int, barrier: Any, results: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    store = open_backend(backend, SPEC, Path(where))
+    try:
+        mine = [step(i, robot=f"p{proc}", tag=float(1000 * proc + i)) for i in range(100)]
+        common = [step(i, robot="shared", tag=float(5000 + i)) for i in range(30)]
+        sends = mine + (common if proc else common[::-1])
+        batches = [sends[b : b + 10] for b in range(0, len(sends), 10)]
+        barrier.wait(60)
+        accepted = duplicates = 0
+        for batch in batches:
+            a, d = store.append(batch)
+            accepted, duplicates = accepted + a, duplicates + d
+        results.put((proc, accepted, duplicates))
+    finally:
+        store.close()
+
+
+def _ensure_in_child(
+    backend: str, where: str, barrier: Any, results: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    barrier.wait(60)  # open a fresh store at the same moment
+    store = open_backend(backend, SPEC, Path(where))
+    try:
+        barrier.wait(60)  # and ask for version 0 at the same moment
+        record = store.ensure_initial_policy()
+        results.put((record.version, record.sha256))
+    finally:
+        store.close()
+
+
+def run_children(target: Callable[..., None], args: list[tuple[Any, ...]]) -> list[Any]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(len(args)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    for p in procs:
+        p.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(out) < len(procs) and time.monotonic() < deadline:
+            try:
+                out.append(results.get(timeout=0.2))
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    break  # a child failed: do not wait for its result
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    assert len(out) == len(procs)
+    return out
+
+
+def test_two_processes_append_concurrently_and_every_transition_is_stored_once(
+    backend: str, tmp_path: Path
+) -> None:
+    where = tmp_path / "data"
+    open_backend(backend, SPEC, where).close()  # created before the race
+    out = run_children(_append_in_child, [(backend, str(where), 0), (backend, str(where), 1)])
+    assert all(a + d == 130 for _, a, d in out)
+    assert sum(a for _, a, _ in out) == 230  # 2 x 100 own + 30 shared, each once
+    assert sum(d for _, _, d in out) == 30
+    store = open_backend(backend, SPEC, where)
+    try:
+        assert store.transition_count() == 230
+        rows = all_rows(store)
+        stored = tags(rows)
+        expected = {float(1000 * p + i) for p in range(2) for i in range(100)}
+        expected |= {float(5000 + i) for i in range(30)}
+        assert len(stored) == 230 and set(stored) == expected
+        assert np.all(np.diff(rows.position) > 0)
+    finally:
+        store.close()
+    if backend == "sqlite":  # SQLite-specific: the file is consistent after the concurrent writes
+        with sqlite3.connect(where / "store.sqlite") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_two_processes_starting_at_once_create_one_version_0(backend: str, tmp_path: Path) -> None:
+    where = tmp_path / "fresh"
+    out = run_children(_ensure_in_child, [(backend, str(where)), (backend, str(where))])
+    assert [v for v, _ in out] == [0, 0]
+    assert out[0][1] == out[1][1]  # the same file, not two different version 0s
+    store = open_backend(backend, SPEC, where)
+    try:
+        (v0,) = store.list_policies()
+        assert v0.version == 0 and v0.sha256 == out[0][1]
+        assert load_policy(store.policy_bytes(v0), sha256=v0.sha256).version == 0
+        assert store.register_policy(make_policy_bytes()[0]).version == 1
+    finally:
+        store.close()
+
+
+# --- 8. control state and learner status ----------------------------------------------------------
+
+
+def test_control_state_defaults(store: Store) -> None:
+    assert store.control() == ControlState(
+        learner_paused=False, mode="follow", pinned_version=None, hold=False
+    )
+
+
+def test_update_control_changes_only_the_given_fields_and_persists(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    assert store.update_control(learner_paused=True) == ControlState(True, "follow", None, False)
+    state = store.update_control(mode="pinned", pinned_version=3, hold=True)
+    assert state == ControlState(True, "pinned", 3, True)
+    assert store.control() == state
+    assert store.update_control() == state
+    store.close()
+    store = make_store()
+    assert store.control() == state
+    assert store.update_control(mode="follow", pinned_version=None, learner_paused=False) == (
+        ControlState(False, "follow", None, True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"paused": True}, "unknown control fields"),
+        ({"mode": "newest"}, "mode must be"),
+        ({"mode": "pinned", "colour": "red"}, "unknown control fields"),
+    ],
+    ids=["unknown_field", "bad_mode", "valid_with_unknown"],
+)
+def test_update_control_refuses_bad_changes_and_changes_nothing(
+    store: Store, changes: dict[str, Any], message: str
+) -> None:
+    before = store.control()
+    with pytest.raises(ValueError, match=message):
+        store.update_control(**changes)
+    assert store.control() == before
+
+
+def test_learner_status_round_trip_with_heartbeat_and_persists(make_store: MakeStore) -> None:
+    store = make_store()
+    assert store.learner_status() is None
+    store.write_learner_status({"updates": 5, "phase": "training", "losses": [1.5, 0.25]})
+    status = store.learner_status()
+    assert status is not None
+    heartbeat = status.pop("heartbeat")
+    assert status == {"updates": 5, "phase": "training", "losses": [1.5, 0.25]}
+    assert abs(heartbeat - time.time()) < 5.0
+    store.write_learner_status({"updates": 6})  # replaces the row, old keys gone
+    status = store.learner_status()
+    assert status is not None and status["updates"] == 6 and "phase" not in status
+    assert status["heartbeat"] >= heartbeat
+    store.close()
+    reopened = make_store().learner_status()
+    assert reopened is not None and reopened["updates"] == 6
+
+
+# --- 9. one data directory, one task; SQLite settings ---------------------------------------------
+
+
+def test_opening_data_of_another_obs_dim_is_refused(make_store: MakeStore) -> None:
+    make_store().close()
+    other = SPEC.model_copy(update={"obs_dim": 4})
+    with pytest.raises(StoreError, match="obs_dim") as info:
+        make_store(other)
+    assert "obs_dim 3" in str(info.value) and "obs_dim 4" in str(info.value)
+
+
+def test_opening_data_of_other_action_bounds_is_refused(make_store: MakeStore) -> None:
+    make_store().close()
+    wider = TaskSpec(obs_dim=3, action_low=(-2.0, -1.0), action_high=(1.0, 1.0))
+    with pytest.raises(StoreError, match="bounds") as info:
+        make_store(wider)
+    assert "-2.0" in str(info.value)
+    more = TaskSpec(obs_dim=3, action_low=(-1.0, -1.0, -1.0), action_high=(1.0, 1.0, 1.0))
+    with pytest.raises(StoreError):
+        make_store(more)
+
+
+def test_the_same_task_reopens_and_keeps_its_data(make_store: MakeStore) -> None:
+    store = make_store()
+    store.append([step(0)])
+    store.close()
+    same_dims = TaskSpec(name="renamed", obs_dim=3, action_low=(-1.0, -1.0), action_high=(1.0, 1.0))
+    assert make_store(SPEC).transition_count() == 1
+    assert make_store(same_dims).transition_count() == 1  # name and SAC settings may change
+
+
+def test_sqlite_runs_in_wal_mode_with_full_synchronous(tmp_path: Path) -> None:
+    # SQLite-specific: the durability settings on the store's own connection and in the file.
+    store = open_store(SPEC, tmp_path / "data")
+    try:
+        store.append([step(0)])
+        conn = store._conn()  # type: ignore[attr-defined]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with sqlite3.connect(tmp_path / "data" / "store.sqlite") as other:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+    finally:
+        store.close()
+
+
+def test_sqlite_append_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    # SQLite-specific: a write lock held by another connection delays an append (busy timeout),
+    # it does not fail it with "database is locked".
+    store = open_store(SPEC, tmp_path / "data")
+    other = sqlite3.connect(
+        tmp_path / "data" / "store.sqlite", isolation_level=None, check_same_thread=False
+    )
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        release.start()
+        started = time.monotonic()
+        assert store.append([step(0)]) == (1, 0)
+        assert time.monotonic() - started >= 0.2
+        release.join()
+        assert store.transition_count() == 1
+    finally:
+        other.close()
+        store.close()
+
+
+# --- 10. open_store URLs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql://user@db/robots", "postgres://db/robots"])
+def test_open_store_with_a_postgres_url_is_refused_for_now(tmp_path: Path, url: str) -> None:
+    with pytest.raises(StoreError, match="PostgreSQL"):
+        open_store(SPEC, tmp_path / "data", url=url)
+
+
+def test_open_store_with_an_unknown_url_scheme_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unsupported store URL"):
+        open_store(SPEC, tmp_path / "data", url="mysql://db/robots")
+
+
+def test_open_store_without_url_opens_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    store = open_store(SPEC, tmp_path / "data")
+    try:
+        assert isinstance(store, Store)
+        assert store.spec == SPEC
+        store.check()
+        assert (tmp_path / "data" / "store.sqlite").exists()
+    finally:
+        store.close()
+
+
+def test_policy_record_describe_names_the_version(store: Store) -> None:
+    v0 = store.ensure_initial_policy()
+    assert isinstance(v0, PolicyRecord)
+    assert v0.describe() == {
+        "version": 0,
+        "created_at": v0.created_at,
+        "updates": 0,
+        "sha256": v0.sha256,
+    }
