@@ -241,45 +241,62 @@ def check_fingerprint(stored: str, spec: TaskSpec, where: str) -> None:
         )
 
 
+def _vectors(transitions: Sequence[TransitionLike], name: str, width: int) -> np.ndarray:
+    """One field of every transition as a float32 ``(N, width)`` array, checked."""
+    try:
+        with np.errstate(over="ignore"):  # overflow to inf is what the check below refuses
+            array = np.asarray([getattr(t, name) for t in transitions], dtype="<f4")
+    except ValueError:  # ragged: some row has another length
+        array = np.zeros((0, 0), "<f4")
+    if array.shape != (len(transitions), width):
+        bad = next(t for t in transitions if len(getattr(t, name)) != width)
+        raise ValueError(
+            f"transition {bad.robot_id}/{bad.episode_id}/{bad.step}: {name} has "
+            f"{len(getattr(bad, name))} values, the task's have {width}"
+        )
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        bad = transitions[int(np.argmin(finite))]
+        raise ValueError(
+            f"transition {bad.robot_id}/{bad.episode_id}/{bad.step}: {name} must hold finite "
+            "float32 values"
+        )
+    return array
+
+
 def encode_rows(
     transitions: Sequence[TransitionLike], spec: TaskSpec, received_at: float | None = None
 ) -> list[tuple[Any, ...]]:
-    """Transitions as row tuples for the transitions table, vectors as float32 bytes."""
+    """Transitions as row tuples for the transitions table, vectors as float32 bytes.
+
+    The whole batch is converted and checked at once (this is the ingest hot path).
+    """
+    if not transitions:
+        return []
     now = time.time() if received_at is None else received_at
-    o, a = spec.obs_dim, spec.action_dim
+    obs = _vectors(transitions, "obs", spec.obs_dim)
+    action = _vectors(transitions, "action", spec.action_dim)
+    next_obs = _vectors(transitions, "next_obs", spec.obs_dim)
     rows = []
-    for t in transitions:
-        with np.errstate(over="ignore"):  # overflow to inf is what the next check refuses
-            obs = np.asarray(t.obs, dtype="<f4")
-            act = np.asarray(t.action, dtype="<f4")
-            nxt = np.asarray(t.next_obs, dtype="<f4")
-        if obs.shape != (o,) or nxt.shape != (o,) or act.shape != (a,):
-            raise ValueError(
-                f"transition {t.robot_id}/{t.episode_id}/{t.step}: obs, action, next_obs must "
-                f"have {o}, {a}, {o} values"
-            )
-        if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(nxt).all()):
-            raise ValueError(
-                f"transition {t.robot_id}/{t.episode_id}/{t.step}: obs, action and next_obs "
-                "must be finite float32 values"
-            )
+    for t, o, a, n in zip(transitions, obs, action, next_obs, strict=True):
         if not (math.isfinite(t.reward) and abs(t.reward) <= FLOAT32_MAX):
             raise ValueError(
                 f"transition {t.robot_id}/{t.episode_id}/{t.step}: reward {t.reward} is not a "
                 "finite float32"
             )
+        version = t.policy_version
         rows.append(
             (
                 t.robot_id,
                 t.episode_id,
                 int(t.step),
-                obs.tobytes(),
-                act.tobytes(),
+                o.tobytes(),
+                a.tobytes(),
                 float(t.reward),
-                nxt.tobytes(),
-                int(bool(t.terminated)),
-                int(bool(t.truncated)),
-                None if t.policy_version is None else int(t.policy_version),
+                n.tobytes(),
+                1 if t.terminated else 0,
+                1 if t.truncated else 0,
+                None if version is None else int(version),
                 now,
             )
         )

@@ -100,6 +100,18 @@ _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, poli
 _CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
 
 
+class _Pending:
+    """One caller's batch waiting to be committed (group commit)."""
+
+    __slots__ = ("accepted", "done", "error", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.accepted = 0
+        self.done = False
+        self.error: BaseException | None = None
+
+
 def _use_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
     """Switch the file to WAL (persistent). Two processes creating it at once can collide:
     the switch needs an exclusive lock and SQLite does not wait for it, so retry."""
@@ -131,6 +143,8 @@ class SQLiteStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._closed = False
         try:
             self._init_schema()
@@ -200,18 +214,49 @@ class SQLiteStore(Store):
         rows = encode_rows(transitions, self.spec)
         if not rows:
             return 0, 0
-        with self._write() as c:
-            before = c.total_changes
-            c.executemany(_INSERT, rows)
-            accepted = c.total_changes - before
-            if accepted:
-                c.execute(
-                    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
-                    "WHERE key = 'transitions'",
-                    (accepted,),
-                )
-            self._refresh_episodes(c, rows)
-        return accepted, len(rows) - accepted
+        # Group commit: batches that arrive while a commit is under way wait for the lock and
+        # are then written by whichever thread gets it first, all in one transaction and one
+        # fsync. Each caller still returns only once its own rows are durable.
+        pending = _Pending(rows)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._write_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if pending.error is not None:
+            raise pending.error
+        return pending.accepted, len(rows) - pending.accepted
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                total = 0
+                for pending in group:
+                    before = conn.total_changes
+                    conn.executemany(_INSERT, pending.rows)
+                    pending.accepted = conn.total_changes - before
+                    total += pending.accepted
+                if total:
+                    conn.execute(
+                        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
+                        "WHERE key = 'transitions'",
+                        (total,),
+                    )
+                self._refresh_episodes(conn, [r for pending in group for r in pending.rows])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except BaseException as exc:  # nothing of the group is durable: every caller hears it
+            for pending in group:
+                pending.error = exc
+        finally:
+            for pending in group:
+                pending.done = True
 
     def _refresh_episodes(self, c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         # An episode's return is known once its last step is logged; a late step of an episode
