@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from robot_sac.config import PolicyFamily
+from robot_sac.cpu_inference import NumpyActor
 from robot_sac.fileio import write_atomic
 from robot_sac.networks import Actor
 from robot_sac.schemas import TaskSpec
@@ -260,6 +261,8 @@ class Policy:
         self._center = (high + low) / 2
         self.set_safe_action(safe_action)
         self.replaced = 0
+        self._numpy: NumpyActor | None = None
+        self._rng = np.random.default_rng()
 
     def set_safe_action(self, safe_action: Sequence[float] | None) -> None:
         """What a non-finite action is replaced with (default: zeros clipped into the bounds)."""
@@ -271,6 +274,7 @@ class Policy:
             if safe.shape != low.shape or not bool(((safe >= low) & (safe <= high)).all()):
                 raise ValueError("safe_action must have action_dim entries inside the bounds")
         self.safe_action = safe
+        self._safe_np = safe.cpu().numpy()
 
     @property
     def version(self) -> int:
@@ -312,6 +316,40 @@ class Policy:
         bad = ~finite.all(-1)
         action = torch.where(bad.unsqueeze(-1), self.safe_action, action)
         return torch.clamp(action, self.low, self.high), bad
+
+    def act_numpy(
+        self, obs: np.ndarray, deterministic: bool | np.ndarray = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`act_tensor` for a few observations on a CPU, in numpy (several times faster).
+
+        Args:
+            obs: ``(B, obs_dim)`` float32.
+            deterministic: one flag, or a ``(B,)`` bool array.
+
+        Returns:
+            ``(actions, replaced)`` as numpy arrays, with the same guarantees as
+            :meth:`act_tensor`. Samples come from this policy's own numpy generator
+            (:meth:`seed`), not from torch's.
+        """
+        if self._numpy is None:
+            self._numpy = NumpyActor(self.actor)
+            self._bounds_np = (
+                self._center.cpu().numpy(),
+                self._half_range.cpu().numpy(),
+                self.low.cpu().numpy(),
+                self.high.cpu().numpy(),
+            )
+        center, half_range, low, high = self._bounds_np
+        with np.errstate(all="ignore"):  # a non-finite output is handled below, not warned about
+            action = center + self._numpy.unit_actions(obs, deterministic, self._rng) * half_range
+        finite = np.isfinite(action).all(axis=1)
+        if not finite.all():
+            action[~finite] = self._safe_np
+        return np.clip(action, low, high), ~finite
+
+    def seed(self, seed: int) -> None:
+        """Seed the generator of :meth:`act_numpy`'s samples."""
+        self._rng = np.random.default_rng(seed)
 
     def act(self, obs: Any, deterministic: bool = False) -> Any:
         """Actions in robot units for one observation ``(obs_dim,)`` or a batch ``(B, obs_dim)``.

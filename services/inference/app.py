@@ -108,7 +108,7 @@ class GuardMiddleware:
             return
         path = scope.get("robot_sac.route") or getattr(scope.get("route"), "path", None)
         path = path or "unmatched"
-        metrics.requests.labels(path, str(status)).inc()
+        metrics.request_counter(path, str(status)).inc()
 
 
 def _where(loc: tuple[Any, ...]) -> str:

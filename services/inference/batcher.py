@@ -19,6 +19,10 @@ import torch
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.serving import Served, ServingState
 
+# Up to this many rows numpy beats torch's per-operator overhead on a CPU; beyond, torch's
+# threaded matrix products win.
+NUMPY_MAX_ROWS = 16
+
 
 @dataclass
 class _Job:
@@ -45,6 +49,7 @@ class MicroBatcher:
             max_workers=1, thread_name_prefix="inference", initializer=self._init_thread
         )
         self._safe = np.asarray(state.spec.safe_action, dtype=np.float32)
+        self._last_jobs = 0
 
     def _init_thread(self) -> None:
         if self._threads > 0:
@@ -70,11 +75,14 @@ class MicroBatcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                # Let requests whose bytes have already arrived be parsed and queued first.
-                await asyncio.sleep(0)
+                # When robots are many, let requests whose bytes have already arrived be parsed
+                # and queued first; a lone robot (one job now, one in the last batch) skips it.
+                if len(self._queue) > 1 or self._last_jobs > 1:
+                    await asyncio.sleep(0)
                 if self.max_wait_s > 0 and self._rows() < self.max_batch_size:
                     await asyncio.sleep(self.max_wait_s)
                 jobs = self._take()
+                self._last_jobs = len(jobs)
                 served = self.state.served  # one reference for the whole batch
                 assert served is not None
                 try:
@@ -113,17 +121,18 @@ class MicroBatcher:
         policy = served.policy
         obs = jobs[0].obs if len(jobs) == 1 else np.concatenate([j.obs for j in jobs])
         flags = [j.deterministic for j in jobs]
-        if all(flags) or not any(flags):
-            deterministic: bool | torch.Tensor = flags[0]
-        else:
-            deterministic = torch.from_numpy(
-                np.repeat(np.asarray(flags), [j.obs.shape[0] for j in jobs])
-            ).to(policy.device)
-        x = torch.from_numpy(obs).to(policy.device)
-        actions, bad = policy.act_tensor(x, deterministic)
+        mixed = not (all(flags) or not any(flags))
+        per_row = np.repeat(np.asarray(flags), [j.obs.shape[0] for j in jobs]) if mixed else None
         self.metrics.forward_passes.inc()
         self.metrics.batch_size.observe(obs.shape[0])
-        return actions.cpu().numpy(), int(bad.sum())
+        if policy.device.type == "cpu" and obs.shape[0] <= NUMPY_MAX_ROWS:
+            actions, bad = policy.act_numpy(obs, per_row if mixed else flags[0])
+            return actions, int(bad.sum())
+        deterministic: bool | torch.Tensor = flags[0]
+        if per_row is not None:
+            deterministic = torch.from_numpy(per_row).to(policy.device)
+        actions_t, bad_t = policy.act_tensor(torch.from_numpy(obs).to(policy.device), deterministic)
+        return actions_t.cpu().numpy(), int(bad_t.sum())
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

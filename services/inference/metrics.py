@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -59,3 +61,19 @@ class ServiceMetrics:
         self.hold = Gauge(
             "robot_sac_hold", "1 while every act answers the safe action.", registry=r
         )
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    # Looking a labelled child up costs a lock and a dict per call; the hot paths keep them.
+    def request_counter(self, route: str, status: str) -> Any:
+        key = ("requests", route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(route, status)
+        return child
+
+    def act_latency_of(self, route: str) -> Any:
+        key = ("act_latency", route)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.act_latency.labels(route)
+        return child

@@ -58,7 +58,7 @@ async def answer(state: AppState, path: str, authorization: str | None, body: by
         obs = _obs_array(many.obs, state.spec.obs_dim, single=False)
         actions, version, hold = await state.batcher.act(obs, many.deterministic)
         payload = {"actions": actions.tolist(), "policy_version": version, "hold": hold}
-    state.metrics.act_latency.labels(path).observe(time.perf_counter() - start)
+    state.metrics.act_latency_of(path).observe(time.perf_counter() - start)
     return json.dumps(payload).encode()
 
 
