@@ -7,6 +7,7 @@ and it does so only inside the commands that need them, so ``import robot_sac.cl
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -255,6 +256,109 @@ def serve(
         log_level=log_level.lower(),
         access_log=False,
     )
+
+
+@app.command()
+def learn(
+    env: Annotated[str | None, typer.Option(help="Gymnasium env id whose task to learn.")] = None,
+    task: Annotated[Path | None, typer.Option(help="Task file (JSON or TOML).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")
+    ] = None,
+    store_url: Annotated[
+        str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch CPU threads (ROBOT_SAC_LEARNER_THREADS; 0: all).")
+    ] = None,
+    publish_every: Annotated[int | None, typer.Option(help="Publish every N updates.")] = None,
+    max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the learner: tail the transition log, train SAC, publish policy versions.
+
+    It resumes from its checkpoint (in DATA_DIR/learner), obeys the operator's pause and resume,
+    and on SIGTERM or Ctrl-C publishes what it learnt, checkpoints and exits 0.
+    """
+    import logging
+    import signal
+    import threading
+
+    from robot_sac.devices import resolve_device, set_cpu_threads
+    from robot_sac.services.learner import Learner
+    from robot_sac.store import open_store
+
+    spec = _task(env, task)
+    settings = _settings(
+        data_dir=data_dir,
+        store_url=store_url,
+        device=device,
+        learner_threads=threads,
+        publish_every=publish_every,
+    )
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    dev = resolve_device(settings.device)
+    if dev.type == "cpu":
+        set_cpu_threads(settings.learner_threads)
+    store = open_store(spec, settings.data_dir, settings.store_url)
+    learner = Learner(settings, spec, store, dev)
+    try:
+        _start_learner(learner, progress)
+        _run_learner(learner, stop, max_updates, progress)
+    finally:
+        learner.close()
+        store.close()
+    typer.echo(
+        f"learner stopped at {learner.sac.updates} updates; newest version "
+        f"{learner.latest_version}; checkpoint {learner.checkpoint_path}"
+    )
+
+
+def _start_learner(learner, progress: bool) -> None:  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    if not progress:
+        learner.start()
+        return
+    with Progress(
+        TextColumn("rebuilding the replay buffer"), BarColumn(), MofNCompleteColumn()
+    ) as bar:
+        task = bar.add_task("replay", total=None)
+        learner.start(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _run_learner(learner, stop, max_updates: int | None, progress: bool) -> None:  # type: ignore[no-untyped-def]
+    if not progress:
+        learner.run(stop.is_set, max_updates)
+        return
+    from rich.live import Live
+
+    def line() -> str:
+        s = learner.status()
+        losses = " ".join(f"{k[5:]} {v:.3g}" for k, v in s["losses"].items())
+        return (
+            f"[bold]{s['state']}[/] updates {s['updates']} ({s['updates_per_s']:.0f}/s) · replay "
+            f"{s['replay_size']} · version {s['latest_version']} · {losses}"
+        )
+
+    shown = [0.0]
+    with Live(line(), refresh_per_second=2) as live:
+
+        def refresh() -> None:
+            if time.monotonic() - shown[0] > 0.5:
+                live.update(line())
+                shown[0] = time.monotonic()
+
+        learner.run(stop.is_set, max_updates, on_pass=refresh)
 
 
 def main() -> None:

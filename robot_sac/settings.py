@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         default=1, ge=0, description="Torch CPU threads for serving (0: all)."
     )
 
+    # the learner
+    publish_every: int = Field(default=1000, ge=1, description="Publish a version every N updates.")
+    publish_seconds: float = Field(
+        default=10.0, gt=0.0, description="...or after this many seconds, whichever comes first."
+    )
+    checkpoint_every: int = Field(default=10_000, ge=1, description="Checkpoint every N updates.")
+    learner_threads: int = Field(default=0, ge=0, description="Torch CPU threads (0: all cores).")
+    cuda_graphs: bool = Field(default=True, description="Capture the update as a CUDA graph.")
+
     @property
     def auth_enabled(self) -> bool:
         return self.robot_token is not None or self.operator_token is not None

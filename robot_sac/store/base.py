@@ -124,6 +124,14 @@ class Store(abc.ABC):
         """The newest ``limit`` rows, in log order (rebuilding a replay buffer)."""
 
     @abc.abstractmethod
+    def position_before_latest(self, n: int) -> int:
+        """A position after which exactly the newest ``n`` rows lie (0 if the log is shorter).
+
+        ``read_after(position_before_latest(n), ...)`` pages through the newest ``n`` rows: how a
+        learner rebuilds its replay buffer in chunks.
+        """
+
+    @abc.abstractmethod
     def transition_count(self) -> int: ...
 
     @abc.abstractmethod

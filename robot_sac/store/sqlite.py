@@ -315,6 +315,17 @@ class SQLiteStore(Store):
         )
         return decode_rows(rows, self.spec)
 
+    def position_before_latest(self, n: int) -> int:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT position FROM transitions ORDER BY position DESC LIMIT 1 OFFSET ?",
+                (int(n),),
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
     def transition_count(self) -> int:
         row = self._conn().execute("SELECT value FROM meta WHERE key = 'transitions'").fetchone()
         return int(row[0])

@@ -150,6 +150,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
             lambda: open_store(spec, settings.data_dir, settings.store_url)
         )
         metrics = ServiceMetrics()
+        metrics.watch_learner(st.learner_status)
         serving = ServingState(spec, st, device, metrics, settings.policy_poll_s)
         batcher = MicroBatcher(
             serving,

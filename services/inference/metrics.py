@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -63,6 +67,10 @@ class ServiceMetrics:
         )
         self._children: dict[tuple[str, ...], Any] = {}
 
+    def watch_learner(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
+        """Expose the learner's status row (read from the store at each scrape) as gauges."""
+        self.registry.register(_LearnerCollector(learner_status))
+
     # Looking a labelled child up costs a lock and a dict per call; the hot paths keep them.
     def request_counter(self, route: str, status: str) -> Any:
         key = ("requests", route, status)
@@ -77,3 +85,50 @@ class ServiceMetrics:
         if child is None:
             child = self._children[key] = self.act_latency.labels(route)
         return child
+
+
+class _LearnerCollector(Collector):
+    """The learner's gauges, so one scrape of the service shows the whole system."""
+
+    GAUGES: ClassVar[dict[str, str]] = {
+        "updates": "SAC updates done by the learner.",
+        "updates_per_s": "Learner updates per second.",
+        "replay_size": "Transitions in the learner's replay buffer.",
+        "alpha": "SAC temperature.",
+        "entropy": "Policy entropy on the last batch.",
+        "q_mean": "Mean Q-value on the last batch.",
+        "data_age_updates": "Updates between the version that produced the newest data and now.",
+    }
+
+    def __init__(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
+        self.learner_status = learner_status
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily; nothing to declare at registration
+
+    def collect(self) -> Iterator[Any]:
+        status = self.learner_status()
+        age = None if status is None else time.time() - float(status.get("heartbeat", 0.0))
+        up = GaugeMetricFamily("robot_sac_learner_up", "1 while the learner's heartbeat is fresh.")
+        up.add_metric([], 1.0 if age is not None and age <= 5.0 else 0.0)
+        yield up
+        if status is None:
+            return
+        heartbeat = GaugeMetricFamily(
+            "robot_sac_learner_heartbeat_age_seconds", "Seconds since the learner's last status."
+        )
+        heartbeat.add_metric([], age)
+        yield heartbeat
+        for key, doc in self.GAUGES.items():
+            value = status.get(key)
+            if isinstance(value, int | float):
+                name = "updates_per_second" if key == "updates_per_s" else key
+                family = GaugeMetricFamily(f"robot_sac_learner_{name}", doc)
+                family.add_metric([], float(value))
+                yield family
+        losses = GaugeMetricFamily(
+            "robot_sac_learner_loss", "The learner's last losses.", labels=["loss"]
+        )
+        for name, value in (status.get("losses") or {}).items():
+            losses.add_metric([name], float(value))
+        yield losses

@@ -32,4 +32,6 @@ async def readyz(state: AppState = Depends(get_state)) -> Response:
 @router.get("/metrics")
 async def metrics(state: AppState = Depends(get_state)) -> Response:
     """Prometheus text exposition."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Collecting reads the learner's row from the store: off the event loop.
+    text = await anyio.to_thread.run_sync(generate_latest, state.metrics.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
