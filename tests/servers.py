@@ -161,3 +161,48 @@ def transition(
         "policy_version": 0,
     }
     return {**base, **kw}
+
+
+class LearnerProcess:
+    """``robot-sac learn`` in a subprocess (it talks to the rest only through the store)."""
+
+    def __init__(self, data_dir: Path, task_file: Path, **env: str) -> None:
+        self.data_dir, self.task_file = data_dir, task_file
+        self.env = {**os.environ, "ROBOT_SAC_LEARNER_THREADS": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / "learner.log"
+
+    def start(self) -> LearnerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "robot_sac.cli",
+            "learn",
+            "--task",
+            str(self.task_file),
+            "--data-dir",
+            str(self.data_dir),
+            "--no-progress",
+            "--log-level",
+            "warning",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

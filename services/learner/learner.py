@@ -186,7 +186,9 @@ class Learner:
             self._next["pull"] = now if len(rows) == PULL_ROWS else now + PULL_PERIOD_S
         done = 0
         if not self.paused:
-            budget = self.update_budget()
+            # A burst stops at the next publish, so versions come exactly every publish_every.
+            since = self.sac.updates - max(self.counters.last_published_updates, 0)
+            budget = min(self.update_budget(), max(1, self.settings.publish_every - since))
             deadline = now + BURST_SECONDS
             while done < budget and time.monotonic() < deadline:
                 self.last_losses = self._update()
