@@ -118,7 +118,7 @@ class TwinCritic(nn.Module):
         Returns:
             ``(n, B)``.
         """
-        params = [*self.weights, *self.biases] if params is None else params
+        params = list(self.parameters()) if params is None else params
         layers = len(params) // 2
         # A stride-0 view: the n networks read one input without copying it n times.
         x = obs_action.unsqueeze(0).expand(self.n, *obs_action.shape)

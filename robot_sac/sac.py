@@ -105,7 +105,7 @@ class SAC:
         # Actor: the reparameterized gradient of E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi.
         # The critic's weights are detached here: this loss moves the actor only.
         action_pi, logp_pi = self.actor.dist(obs).rsample_and_log_prob()
-        frozen = [p.detach() for p in (*self.critic.weights, *self.critic.biases)]
+        frozen = [p.detach() for p in self.critic.parameters()]
         q_pi = self.critic(torch.cat([obs, action_pi], -1), frozen).amin(0)
         loss_actor = (alpha * logp_pi - q_pi).mean()
 

@@ -73,3 +73,51 @@ def test_policy_acts_on_cuda_finite_and_inside_bounds():
     assert bool((a[:, 1] >= 0).all()) and bool((a[:, 1] <= 3).all())
     single = pi.act(np.zeros(5, np.float32), deterministic=True)
     assert isinstance(single, np.ndarray) and single.shape == (2,)
+
+
+def test_learner_trains_on_cuda_with_a_graphed_update(tmp_path):
+    from robot_sac.config import SACConfig
+    from robot_sac.schemas import TaskSpec
+    from robot_sac.services.learner import Learner
+    from robot_sac.settings import Settings
+    from robot_sac.store import open_store
+    from tests.test_learner import transitions
+
+    spec = TaskSpec(
+        name="small",
+        obs_dim=3,
+        action_low=(-2.0,),
+        action_high=(2.0,),
+        sac=SACConfig(hidden=(64, 64), batch_size=64, learning_starts=200),
+    )
+    settings = Settings(data_dir=tmp_path, device="cuda", publish_every=100)
+    store = open_store(spec, tmp_path)
+    store.ensure_initial_policy()
+    store.append(transitions(0, 1000))
+    learner = Learner(settings, spec, store, torch.device("cuda"))
+    learner.start()
+    assert learner.replay.storage.device.type == "cuda" and len(learner.replay) == 1000
+    learner.run(lambda: False, max_updates=800)
+    learner.close()
+    assert learner.sac.updates == 800 and learner._graphed is not None
+    status = store.learner_status()
+    assert status is not None and status["device"].startswith("cuda")
+    assert all(np.isfinite(v) for v in status["losses"].values())
+    versions = store.list_policies()
+    assert versions[-1].updates == 800 and len(versions) >= 9
+    store.close()
+
+
+def test_service_serves_on_cuda(tmp_path):
+    from tests.servers import start_thread_service
+
+    svc = start_thread_service(tmp_path / "data", device="cuda")
+    try:
+        assert svc.state.serving.served.policy.device.type == "cuda"
+        c = svc.client()
+        a = c.post("/v1/act", json={"obs": [0.1] * 17}).json()
+        assert len(a["action"]) == 6 and all(abs(x) <= 1 for x in a["action"])
+        batch = c.post("/v1/act/batch", json={"obs": [[0.1] * 17] * 64}).json()["actions"]
+        assert len(batch) == 64 and np.isfinite(np.asarray(batch)).all()
+    finally:
+        svc.stop()
