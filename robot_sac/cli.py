@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -359,6 +359,403 @@ def _run_learner(learner, stop, max_updates: int | None, progress: bool) -> None
                 shown[0] = time.monotonic()
 
         learner.run(stop.is_set, max_updates, on_pass=refresh)
+
+
+DEFAULT_ENV = "PandaReachDense-v3"
+
+
+@app.command()
+def sim(
+    url: Annotated[str, typer.Option(help="The inference service.")] = "http://127.0.0.1:8000",
+    env: Annotated[str, typer.Option(help="Gymnasium env id of the robots' task.")] = DEFAULT_ENV,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots, one process each.")] = 2,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Environment steps in all (default: until Ctrl-C).")
+    ] = None,
+    rate_hz: Annotated[
+        float | None, typer.Option(help="Control rate per robot (default: as fast as they can).")
+    ] = None,
+    pace: Annotated[
+        bool, typer.Option(help="Keep to the learner's update-to-data ratio (needs /v1/admin).")
+    ] = False,
+    token: Annotated[
+        str | None, typer.Option(envvar="ROBOT_SAC_ROBOT_TOKEN", help="Robot token, if any.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Robot i is seeded seed + i.")] = 0,
+) -> None:
+    """Simulated robots acting through the service over HTTP and logging every transition.
+
+    Each robot is its own process with its own physics client. Episode returns (and success, for
+    the Panda tasks) are reported per policy version. A restart of the service is ridden out:
+    robots wait, retry and go on, losing no transition.
+    """
+    from rich.console import Console
+
+    from robot_sac.sim.fleet import Fleet
+
+    console = Console()
+    per_robot = None if steps is None else -(-steps // robots)
+    fleet = Fleet(url, env, robots, per_robot, seed, rate_hz, token, pace).start()
+    table: dict[int, list[Any]] = {}
+    console.print(f"{robots} simulated robots on {env} -> {url} (Ctrl-C stops them cleanly)")
+    try:
+        last = time.monotonic()
+        while not fleet.done:
+            for report in fleet.reports():
+                table.setdefault(report.policy_version, []).append(report)
+            if time.monotonic() - last >= 5.0 and table:
+                console.print(_episode_summary(table))
+                last = time.monotonic()
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        console.print("stopping the robots (they flush their transitions first)...")
+    finally:
+        fleet.stop()
+    for report in fleet.reports():
+        table.setdefault(report.policy_version, []).append(report)
+    if table:
+        console.print(_episode_summary(table))
+    if fleet.failed:
+        raise typer.Exit(1)
+
+
+def _episode_summary(table: dict[int, list[Any]], last: int = 5) -> str:
+    lines = []
+    for version in sorted(table)[-last:]:
+        reports = table[version]
+        mean = sum(r.episode_return for r in reports) / len(reports)
+        successes = [r.success for r in reports if r.success is not None]
+        rate = f", success {sum(successes) / len(successes):.0%}" if successes else ""
+        lines.append(f"  version {version}: {len(reports)} episodes, mean return {mean:.2f}{rate}")
+    return "\n".join(lines)
+
+
+@app.command()
+def up(
+    env: Annotated[str, typer.Option(help="Gymnasium env id of the task.")] = DEFAULT_ENV,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 2,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Stop after this many environment steps in all (default: Ctrl-C)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the store, policies and learner live.")
+    ] = Path("data"),
+    port: Annotated[int, typer.Option(help="Port of the inference service.")] = 8000,
+    seed: Annotated[int, typer.Option(help="Seed of the robots.")] = 0,
+) -> None:
+    """Run the whole loop on this machine: the service, the learner and simulated robots.
+
+    Robots act through the service over HTTP, the learner trains on what they log and publishes
+    versions the service swaps in. The robots keep to the learner's update-to-data ratio, as real
+    robots at their control rate would. With --steps it stops by itself; Ctrl-C stops everything
+    cleanly (the learner checkpoints); running it again on the same data directory resumes.
+    """
+    import signal
+
+    from rich.console import Console
+
+    from robot_sac.sim.fleet import Fleet
+
+    console = Console()
+    spec = _task(env, None)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    port = port if _port_free(port) else _free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs: dict[str, Any] = {}
+    fleet = None
+    try:
+        console.print(f"[bold]robot-sac up[/]: {env}, {robots} robots, data in {data_dir}")
+        procs["service"] = _spawn(
+            [
+                "serve",
+                "--env",
+                env,
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            logs / "service.log",
+        )
+        _wait_ready(url, procs["service"], logs / "service.log")
+        procs["learner"] = _spawn(
+            [
+                "learn",
+                "--env",
+                env,
+                "--data-dir",
+                str(data_dir),
+                "--no-progress",
+                "--threads",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            logs / "learner.log",
+        )
+        per_robot = None if steps is None else -(-steps // robots)
+        fleet = Fleet(url, env, robots, per_robot, seed, pace=True).start()
+        _live(console, url, fleet, procs, spec)
+        if steps is not None:
+            _wait_for_learner(url, spec, steps, procs["learner"])
+    except KeyboardInterrupt:
+        console.print("stopping: robots flush their transitions, the learner checkpoints...")
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        _stop(procs.get("learner"), 120)
+        summary = _fetch_status(url)
+        _stop(procs.get("service"), 30)
+    if summary is not None:
+        console.print(_final_summary(summary, data_dir, env))
+    # uvicorn re-raises the SIGTERM it was stopped with, so the service's clean exit is -15
+    clean = {"service": (0, None, -signal.SIGTERM), "learner": (0, None)}
+    failed = [name for name, p in procs.items() if p.returncode not in clean[name]]
+    if failed or (fleet is not None and fleet.failed):
+        console.print(f"[red]a process failed[/]: {failed or 'a robot'}; see {logs}")
+        raise typer.Exit(1)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log_path: Path):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    with open(log_path, "ab") as log:
+        # its own session: Ctrl-C reaches only `up`, which stops the parts in order
+        return subprocess.Popen(
+            [sys.executable, "-m", "robot_sac.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_ready(url: str, proc: Any, log_path: Path, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited; see {log_path}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the service did not become ready; see {log_path}")
+
+
+def _fetch_status(url: str) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v1/admin/status", timeout=5.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _act_latency(url: str) -> tuple[float, float] | None:
+    """p50 and p99 of /v1/act in ms, from the service's histogram (bucket-interpolated)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return None
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("robot_sac_act_latency_seconds_bucket") and 'route="/v1/act"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        for le, count in buckets:
+            if count >= q * total:
+                return le * 1e3
+        return float("inf")
+
+    return quantile(0.5), quantile(0.99)
+
+
+def _live(console: Any, url: str, fleet: Any, procs: dict[str, Any], spec: Any) -> None:
+    from rich.live import Live
+    from rich.table import Table
+
+    reported: dict[int, list[Any]] = {}
+
+    def view() -> Table:
+        status = _fetch_status(url) or {}
+        learner = status.get("learner", {})
+        table = Table(title=f"robot_sac · {spec.name}", show_header=False, expand=False)
+        latency = _act_latency(url)
+        table.add_row("served version", str(status.get("served_version")))
+        table.add_row(
+            "learner",
+            f"{learner.get('state', '?')} · {learner.get('updates', 0)} updates · "
+            f"{learner.get('updates_per_s', 0):.0f}/s · replay {learner.get('replay_size', 0)}",
+        )
+        table.add_row("transitions logged", str(status.get("transitions", 0)))
+        table.add_row(
+            "act latency",
+            "-" if latency is None else f"p50 ≤ {latency[0]:.2f} ms · p99 ≤ {latency[1]:.2f} ms",
+        )
+        for e in status.get("episodes", [])[-5:]:
+            success = "" if e.get("success_rate") is None else f" · success {e['success_rate']:.0%}"
+            table.add_row(
+                f"version {e['version']}",
+                f"{e['episodes']} episodes · return {e['mean_return']:.2f}{success}",
+            )
+        table.add_row("API docs · metrics", f"{url}/docs · {url}/metrics")
+        return table
+
+    with Live(view(), console=console, refresh_per_second=2) as live:
+        while not fleet.done:
+            for report in fleet.reports():
+                reported.setdefault(report.policy_version, []).append(report)
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the {name} exited unexpectedly (code {proc.returncode})")
+            live.update(view())
+            time.sleep(0.5)
+        live.update(view())
+
+
+def _wait_for_learner(
+    url: str, spec: Any, steps: int, learner: Any, timeout: float = 600.0
+) -> None:
+    """After the last step, let the learner finish the updates that data allows."""
+    cfg = spec.sac
+    due = int(cfg.utd * max(0, steps - cfg.learning_starts)) if cfg.utd > 0 else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and learner.poll() is None:
+        status = _fetch_status(url) or {}
+        if status.get("learner", {}).get("updates", 0) >= due - int(cfg.utd * 5):
+            return
+        time.sleep(0.2)
+
+
+def _stop(proc: Any, timeout: float) -> None:
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _final_summary(status: dict[str, Any], data_dir: Path, env: str) -> str:
+    learner = status.get("learner", {})
+    lines = [
+        f"done: {status.get('transitions')} transitions logged, {learner.get('updates')} updates, "
+        f"newest version {status.get('latest_version')}.",
+    ]
+    for e in status.get("episodes", [])[-3:]:
+        success = "" if e.get("success_rate") is None else f", success {e['success_rate']:.0%}"
+        lines.append(
+            f"  version {e['version']}: {e['episodes']} episodes, mean return "
+            f"{e['mean_return']:.2f}{success}"
+        )
+    lines += [
+        f"policies: {data_dir}/policies · learner checkpoint and TensorBoard: {data_dir}/learner",
+        f"learning curve: robot-sac plot --data-dir {data_dir}",
+        f"serve the newest version: robot-sac serve --env {env} --data-dir {data_dir}",
+        f"resume training: robot-sac up --env {env} --data-dir {data_dir}",
+    ]
+    return "\n".join(lines)
+
+
+@app.command()
+def plot(
+    data_dir: Annotated[Path, typer.Option(help="A data directory of `up` or `serve`.")] = Path(
+        "data"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="PNG to write (default: DATA_DIR/learning_curve.png).")
+    ] = None,
+) -> None:
+    """Plot episode return (and success) against environment steps, one point per version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robot_sac.store import StoreError, open_existing
+
+    try:
+        store = open_existing(data_dir)
+    except StoreError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data-dir") from exc
+    try:
+        episodes = {e.version: e for e in store.episodes_by_version(recent=0)}
+        records = [r for r in store.list_policies() if r.version in episodes]
+        steps = store.steps_at([r.registered_at for r in records])
+        name = store.spec.name
+    finally:
+        store.close()
+    if not records:
+        raise typer.BadParameter(
+            f"{data_dir} holds no finished episodes yet", param_hint="--data-dir"
+        )
+    has_success = any(episodes[r.version].success_rate is not None for r in records)
+    fig, axes = plt.subplots(
+        2 if has_success else 1, 1, figsize=(7, 6 if has_success else 3.5), sharex=True
+    )
+    axes = axes if has_success else [axes]
+    axes[0].plot(steps, [episodes[r.version].mean_return for r in records], "o-", ms=3)
+    axes[0].set_ylabel("mean episode return")
+    axes[0].set_title(f"{name}: one point per policy version")
+    if has_success:
+        axes[1].plot(
+            steps,
+            [100 * (episodes[r.version].success_rate or 0) for r in records],
+            "o-",
+            ms=3,
+            color="C2",
+        )
+        axes[1].set_ylabel("success (%)")
+        axes[1].set_ylim(-5, 105)
+    axes[-1].set_xlabel("environment steps logged when the version was published")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    target = out or data_dir / "learning_curve.png"
+    fig.savefig(target, dpi=120)
+    typer.echo(f"wrote {target} ({len(records)} versions)")
 
 
 def main() -> None:

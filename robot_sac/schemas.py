@@ -29,6 +29,11 @@ class TaskSpec(BaseModel):
     action_low: tuple[float, ...] = Field(min_length=1)
     action_high: tuple[float, ...] = Field(min_length=1)
     safe_action: tuple[float, ...] | None = None
+    success_threshold: float | None = Field(
+        default=None,
+        description="An episode whose last reward is at least this counts as a success "
+        "(reported per policy version); None: the task has no notion of success.",
+    )
     sac: SACConfig = SACConfig()
 
     @model_validator(mode="after")

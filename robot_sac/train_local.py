@@ -54,23 +54,42 @@ class ActionScaler:
         return np.clip(2.0 * (action - self.low) / (self.high - self.low) - 1.0, -1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode: its return, length, and success when the env reports one."""
+
+    return_: float
+    length: int
+    success: bool | None
+
+
+def rollout(
+    act: Callable[[np.ndarray], np.ndarray], env: Env, episodes: int, seed: int
+) -> list[Episode]:
+    """``episodes`` episodes, episode ``i`` reset with seed ``seed + i``.
+
+    ``act`` maps one observation to one action in robot units. Success is the env's own
+    ``info["is_success"]`` at the end of the episode (panda-gym reports it), else None.
+    """
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, length, done, info = 0.0, 0, False, {}
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(np.asarray(obs, np.float32)))
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        success = info.get("is_success")
+        out.append(Episode(total, length, None if success is None else bool(success)))
+    return out
+
+
 def evaluate(
     act: Callable[[np.ndarray], np.ndarray], env: Env, episodes: int, seed: int
 ) -> list[float]:
-    """Returns of ``episodes`` episodes, episode ``i`` reset with seed ``seed + i``.
-
-    ``act`` maps one observation to one action in robot units.
-    """
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(np.asarray(obs, np.float32)))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return returns
+    """Returns of ``episodes`` episodes (see :func:`rollout`)."""
+    return [e.return_ for e in rollout(act, env, episodes, seed)]
 
 
 def train_local(

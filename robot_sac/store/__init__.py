@@ -24,8 +24,25 @@ __all__ = [
     "Store",
     "StoreError",
     "VersionEpisodes",
+    "open_existing",
     "open_store",
 ]
+
+
+def open_existing(data_dir: str | Path = "data") -> Store:
+    """Open the SQLite store in ``data_dir`` with the task it was last opened for (tools, plots)."""
+    import sqlite3
+
+    from robot_sac.store.sqlite import SQLiteStore
+
+    path = Path(data_dir) / "store.sqlite"
+    if not path.exists():
+        raise StoreError(f"{data_dir} holds no robot_sac store (no {path.name})")
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'task_spec'").fetchone()
+    if row is None:
+        raise StoreError(f"{path} does not record its task")
+    return SQLiteStore(data_dir, TaskSpec.model_validate_json(row[0]))
 
 
 def open_store(spec: TaskSpec, data_dir: str | Path = "data", url: str | None = None) -> Store:

@@ -99,6 +99,7 @@ class VersionEpisodes:
     episodes: int
     mean_return: float | None
     recent_returns: tuple[float, ...]
+    success_rate: float | None = None  # when the task defines success (TaskSpec.success_threshold)
 
 
 class Store(abc.ABC):
@@ -139,6 +140,10 @@ class Store(abc.ABC):
         """The position of the newest row (0 for an empty log)."""
 
     # --- episodes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def steps_at(self, times: Sequence[float]) -> list[int]:
+        """How many transitions had been received at each wall-clock time (for learning curves)."""
+
     @abc.abstractmethod
     def episodes_by_version(self, recent: int = 10) -> list[VersionEpisodes]:
         """Per version (oldest first): episode count, mean return, the last ``recent`` returns."""

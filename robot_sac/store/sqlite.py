@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from robot_sac.fileio import write_atomic
 from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
@@ -56,6 +58,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     episode_id TEXT NOT NULL,
     policy_version INTEGER,
     episode_return REAL NOT NULL,
+    last_reward REAL NOT NULL,
     steps INTEGER NOT NULL,
     ended_at REAL NOT NULL,
     PRIMARY KEY (robot_id, episode_id)
@@ -91,10 +94,12 @@ _INSERT = (
     "ON CONFLICT (robot_id, episode_id, step) DO NOTHING"
 )
 _UPSERT_EPISODE = """
-    INSERT INTO episodes (robot_id, episode_id, policy_version, episode_return, steps, ended_at)
-    VALUES (?, ?, ?, ?, ?, ?)
+    INSERT INTO episodes (robot_id, episode_id, policy_version, episode_return, last_reward,
+        steps, ended_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (robot_id, episode_id) DO UPDATE SET policy_version = excluded.policy_version,
-        episode_return = excluded.episode_return, steps = excluded.steps
+        episode_return = excluded.episode_return, last_reward = excluded.last_reward,
+        steps = excluded.steps
 """
 _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
 _CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
@@ -198,6 +203,11 @@ class SQLiteStore(Store):
                     (key, value),
                 )
             c.execute(
+                "INSERT INTO meta (key, value) VALUES ('task_spec', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (self.spec.model_dump_json(),),
+            )
+            c.execute(
                 "INSERT INTO control (id, learner_paused, mode, pinned_version, hold, updated_at) "
                 "VALUES (1, 0, 'follow', NULL, 0, ?) ON CONFLICT (id) DO NOTHING",
                 (time.time(),),
@@ -287,9 +297,22 @@ class SQLiteStore(Store):
                 "GROUP BY policy_version ORDER BY n DESC, policy_version DESC LIMIT 1",
                 (robot_id, episode_id),
             ).fetchone()
+            (last_reward,) = c.execute(
+                "SELECT reward FROM transitions WHERE robot_id = ? AND episode_id = ? "
+                "ORDER BY step DESC LIMIT 1",
+                (robot_id, episode_id),
+            ).fetchone()
             c.execute(
                 _UPSERT_EPISODE,
-                (robot_id, episode_id, None if top is None else top[0], float(total), steps, now),
+                (
+                    robot_id,
+                    episode_id,
+                    None if top is None else top[0],
+                    float(total),
+                    float(last_reward),
+                    steps,
+                    now,
+                ),
             )
 
     def read_after(self, position: int, limit: int) -> LogRows:
@@ -315,6 +338,13 @@ class SQLiteStore(Store):
         )
         return decode_rows(rows, self.spec)
 
+    def steps_at(self, times: Sequence[float]) -> list[int]:
+        received = np.asarray(
+            [r[0] for r in self._conn().execute("SELECT received_at FROM transitions")], float
+        )
+        received.sort()
+        return [int(n) for n in np.searchsorted(received, np.asarray(times, float), side="right")]
+
     def position_before_latest(self, n: int) -> int:
         row = (
             self._conn()
@@ -336,19 +366,28 @@ class SQLiteStore(Store):
 
     def episodes_by_version(self, recent: int = 10) -> list[VersionEpisodes]:
         c = self._conn()
+        threshold = self.spec.success_threshold
         summary = c.execute(
-            "SELECT policy_version, COUNT(*), AVG(episode_return) FROM episodes "
-            "WHERE policy_version IS NOT NULL GROUP BY policy_version ORDER BY policy_version"
+            "SELECT policy_version, COUNT(*), AVG(episode_return), "
+            "AVG(CASE WHEN last_reward >= ? THEN 1.0 ELSE 0.0 END) FROM episodes "
+            "WHERE policy_version IS NOT NULL GROUP BY policy_version ORDER BY policy_version",
+            (threshold if threshold is not None else 0.0,),
         ).fetchall()
         out = []
-        for version, count, mean in summary:
+        for version, count, mean, success in summary:
             returns = c.execute(
                 "SELECT episode_return FROM episodes WHERE policy_version = ? "
                 "ORDER BY ended_at DESC LIMIT ?",
                 (version, recent),
             ).fetchall()
             out.append(
-                VersionEpisodes(int(version), int(count), float(mean), tuple(r[0] for r in returns))
+                VersionEpisodes(
+                    int(version),
+                    int(count),
+                    float(mean),
+                    tuple(r[0] for r in returns),
+                    None if threshold is None else float(success),
+                )
             )
         return out
 

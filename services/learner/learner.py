@@ -292,6 +292,7 @@ class Learner:
             "latest_version": self.latest_version,
             "data_age_updates": self.data_age_updates,
             "utd": self.cfg.utd,
+            "learning_starts": self.cfg.learning_starts,
             "device": str(self.device),
         }
 

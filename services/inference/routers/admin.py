@@ -65,11 +65,20 @@ def _status(state: AppState) -> dict[str, Any]:
                 "version": e.version,
                 "episodes": e.episodes,
                 "mean_return": e.mean_return,
+                "success_rate": e.success_rate,
                 "recent_returns": list(e.recent_returns),
             }
             for e in store.episodes_by_version(recent=10)[-10:]
         ],
         "refused_versions": {str(v): reason for v, reason in serving.refused.items()},
+        "task": {
+            "name": state.spec.name,
+            "obs_dim": state.spec.obs_dim,
+            "action_dim": state.spec.action_dim,
+            "utd": state.spec.sac.utd,
+            "learning_starts": state.spec.sac.learning_starts,
+            "success_threshold": state.spec.success_threshold,
+        },
         "uptime_s": round(time.time() - serving.started_at, 1),
     }
 
@@ -98,6 +107,7 @@ async def policies(state: AppState = Depends(get_state)) -> dict[str, Any]:
                     **record.describe(),
                     "episodes": 0 if e is None else e.episodes,
                     "mean_episode_return": None if e is None else e.mean_return,
+                    "success_rate": None if e is None else e.success_rate,
                     "refused": state.serving.refused.get(record.version),
                 }
             )

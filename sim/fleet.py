@@ -1,0 +1,95 @@
+"""Several simulated robots, each in its own process with its own physics client."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from typing import Any
+
+from robot_sac.sim.robot import EpisodeReport, robot_process
+
+
+class Fleet:
+    """``robots`` simulated robots acting on ``env_id`` through the service at ``url``.
+
+    Robot ``i`` is named ``sim-<i>`` and seeded ``seed + i``; ``steps`` is per robot (None: run
+    until stopped). Episode reports arrive through :meth:`reports`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        env_id: str,
+        robots: int,
+        steps: int | None,
+        seed: int = 0,
+        rate_hz: float | None = None,
+        token: str | None = None,
+        pace: bool = False,
+    ) -> None:
+        ctx = mp.get_context("spawn")  # a fresh interpreter per robot: its own physics client
+        self._queue: Any = ctx.Queue()
+        self._stop: Any = ctx.Event()
+        self._processes = [
+            ctx.Process(
+                target=robot_process,
+                args=(
+                    {
+                        "url": url,
+                        "env_id": env_id,
+                        "robot_id": f"sim-{i}",
+                        "steps": steps if steps is not None else 2**62,
+                        "seed": seed + i,
+                        "rate_hz": rate_hz,
+                        "token": token,
+                        "pace": pace,
+                    },
+                    self._queue,
+                    self._stop,
+                ),
+                name=f"robot-sac-sim-{i}",
+                daemon=True,
+            )
+            for i in range(robots)
+        ]
+        self._finished = 0
+
+    def start(self) -> Fleet:
+        for p in self._processes:
+            p.start()
+        return self
+
+    def reports(self) -> list[EpisodeReport]:
+        """Episodes finished since the last call (never blocks)."""
+        out = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+            if item is None:
+                self._finished += 1
+            else:
+                out.append(item)
+
+    @property
+    def done(self) -> bool:
+        """Every robot has taken its steps and flushed its transitions."""
+        return self._finished == len(self._processes) or not any(
+            p.is_alive() for p in self._processes
+        )
+
+    @property
+    def failed(self) -> list[int]:
+        """Exit codes of robots that crashed."""
+        return [p.exitcode for p in self._processes if p.exitcode not in (None, 0)]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask every robot to stop after its current step and flush; terminate stragglers."""
+        self._stop.set()
+        for p in self._processes:
+            p.join(timeout)
+        for p in self._processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5.0)
