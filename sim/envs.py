@@ -8,9 +8,9 @@
 - any other Gymnasium id (``Pendulum-v1``, ...).
 
 Each env's robot and task share one physics client (the libraries do that), time-limit ends are
-``truncated`` and task ends ``terminated``, and a seeded env is reproducible: panda-gym 3 reseeds
-its goal sampler from entropy on every unseeded reset, which breaks Gymnasium's contract (a
-``reset(seed=s)`` then ``reset()`` must repeat); :class:`SeededReset` restores it.
+``truncated`` and task ends ``terminated`` (panda-gym ends an episode when the goal is reached),
+and a seeded env is reproducible: :class:`ReproducibleResets` mends two ways panda-gym 3 breaks
+that under Gymnasium 1.x.
 """
 
 from __future__ import annotations
@@ -39,23 +39,37 @@ SIM_TASKS = PYBULLET_TASKS + PANDA_TASKS
 SUCCESS_THRESHOLD = {task: -0.05 for task in PANDA_TASKS}
 
 
-class SeededReset(gym.Wrapper):  # type: ignore[type-arg]
-    """``reset(seed=s)`` then ``reset()`` repeats exactly, whatever the inner env does.
+class ReproducibleResets(gym.Wrapper, gym.utils.RecordConstructorArgs):  # type: ignore[type-arg]
+    """Makes a panda-gym env reset the way Gymnasium promises.
 
-    Unseeded resets draw the inner env's seed from a generator seeded by the last seeded reset.
+    - ``reset(seed=s)`` then ``reset()`` repeats exactly: panda-gym 3 reseeds its goal sampler
+      from entropy on every unseeded reset, so unseeded resets here draw the inner seed from a
+      generator seeded by the last seeded reset;
+    - with ``rebuild=True``, a seeded reset also starts a fresh physics client: in tasks with a
+      movable object, PyBullet carries contact state from one episode into the next that neither
+      panda-gym's reset nor ``restoreState`` clears, so the same seed and actions drifted by
+      about 1e-6 after earlier episodes. Unseeded resets keep the client (they are the hot path).
     """
 
-    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
-        super().__init__(env)
+    def __init__(self, env: gym.Env, rebuild: bool = False) -> None:  # type: ignore[type-arg]
+        gym.utils.RecordConstructorArgs.__init__(self, rebuild=rebuild)
+        gym.Wrapper.__init__(self, env)
+        self._rebuild = rebuild
         self._seeds = np.random.default_rng()
+        self._fresh = True
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         if seed is not None:
             self._seeds = np.random.default_rng(seed)
+            if self._rebuild and not self._fresh:
+                spec = self.env.spec  # the inner stack, recreated by Gymnasium itself
+                self.env.close()
+                self.env = gym.make(spec)
         else:
             seed = int(self._seeds.integers(2**31 - 1))
+        self._fresh = False
         return self.env.reset(seed=seed, options=options)
 
 
@@ -78,7 +92,8 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)
     if env_id in PANDA_TASKS or env_id.startswith("Panda"):
-        env = SeededReset(env)
+        # Reach has no object: its physics repeats without a fresh client
+        env = ReproducibleResets(env, rebuild=env_id not in ("PandaReachDense-v3", "PandaReach-v3"))
     return env
 
 
