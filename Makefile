@@ -16,8 +16,8 @@ $(BIN)/robot-sac: pyproject.toml
 
 setup: $(BIN)/robot-sac  ## create .venv with the project and every extra
 
-up: setup  ## the main job: train SAC in-process on Pendulum-v1 and score the saved policy
-	$(BIN)/robot-sac train-local
+up: setup  ## the main job: service, learner and two simulated Panda arms learning to reach
+	$(BIN)/robot-sac up --steps 6000
 
 test: setup  ## the whole suite, the slow learning tests included (what CI runs)
 	$(BIN)/python -m pytest
