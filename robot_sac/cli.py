@@ -445,6 +445,12 @@ def up(
     ] = Path("data"),
     port: Annotated[int, typer.Option(help="Port of the inference service.")] = 8000,
     seed: Annotated[int, typer.Option(help="Seed of the robots.")] = 0,
+    publish_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Publish a version every N updates (robots paced to the learner act on it)."
+        ),
+    ] = 100,
 ) -> None:
     """Run the whole loop on this machine: the service, the learner and simulated robots.
 
@@ -495,6 +501,8 @@ def up(
                 "--no-progress",
                 "--threads",
                 "1",
+                "--publish-every",
+                str(publish_every),
                 "--log-level",
                 "warning",
             ],

@@ -45,7 +45,7 @@ class Pacer:
     ``period_s``.
     """
 
-    def __init__(self, client: RobotClient, slack: int = 100, period_s: float = 0.1) -> None:
+    def __init__(self, client: RobotClient, slack: int = 50, period_s: float = 0.1) -> None:
         self.client, self.slack, self.period_s = client, slack, period_s
         self._status: dict[str, Any] | None = None
         self._read_at = -1e9

@@ -1,0 +1,277 @@
+"""Learning curves: our whole loop against Stable-Baselines3's SAC in one process, side by side.
+
+Ours is ``robot-sac up`` (the service, the learner process and 2 simulated robots acting over
+HTTP, paced to the learner's update-to-data ratio); SB3 is ``SAC.learn`` on the same env with the
+same hyper-parameters (gamma 0.95, lr 1e-3, initial alpha 0.1, learning_starts 500, batch 256,
+(256, 256) networks, one update per step, one torch thread like our learner). For each seed both
+train for the same number of environment steps; the success rate of the deterministic policy on
+``--episodes`` episodes with unseen seeds is measured at 2k, 4k and 6k steps (for ours: the newest
+version published by then), and so is the wall time until a policy first succeeds in >= 95 %.
+
+    python bench/learning_curves.py                 # 3 seeds, about 10 minutes
+    python bench/learning_curves.py --quick         # 1 seed, 3,000 steps
+
+Writes ``bench/results/learning_curves.json`` and ``docs/learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot_sac.config import tuned_config
+from robot_sac.policy import load_policy
+from robot_sac.sim.envs import make_env
+from robot_sac.store import open_existing
+from robot_sac.train_local import rollout
+
+ENV = "PandaReachDense-v3"
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_SEED = 1_000_000  # far from any seed the runs use
+LABELS = {"ours": "robot_sac up (service + learner + 2 robots)", "sb3": "SB3 SAC in-process"}
+
+
+def success_rate(act: Any, episodes: int) -> float:
+    env = make_env(ENV)
+    try:
+        return float(np.mean([e.success for e in rollout(act, env, episodes, EVAL_SEED)]))
+    finally:
+        env.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ours(
+    seed: int, steps: int, episodes: int, checkpoints: list[int], work: Path
+) -> dict[str, Any]:
+    data = work / f"ours-{seed}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "robot_sac.cli",
+        "up",
+        "--env",
+        ENV,
+        "--robots",
+        "2",
+        "--steps",
+        str(steps),
+        "--data-dir",
+        str(data),
+        "--port",
+        str(free_port()),
+        "--seed",
+        str(seed * 10),
+    ]
+    start = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"robot-sac up failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    store = open_existing(data)
+    try:
+        records = store.list_policies()
+        at = store.steps_at([r.registered_at for r in records])
+        policies = {r.version: load_policy(store.policy_bytes(r), sha256=r.sha256) for r in records}
+    finally:
+        store.close()
+    curve = []
+    for record, logged in zip(records, at, strict=True):
+        pi = policies[record.version]
+        rate = success_rate(lambda o, pi=pi: pi.act(o, deterministic=True), episodes)
+        curve.append(
+            {
+                "version": record.version,
+                "steps": logged,
+                "updates": record.updates,
+                "seconds": record.registered_at - start,
+                "success": rate,
+            }
+        )
+    at_checkpoints = {}
+    for c in checkpoints:
+        published = [p for p in curve if p["steps"] <= c]
+        at_checkpoints[c] = published[-1]["success"] if published else 0.0
+    first = next((p for p in curve if p["success"] >= 0.95), None)
+    return {
+        "seed": seed,
+        "wall_s": wall,
+        "curve": curve,
+        "at": at_checkpoints,
+        "seconds_to_95": None if first is None else first["seconds"],
+    }
+
+
+def run_sb3(seed: int, steps: int, episodes: int, checkpoints: list[int]) -> dict[str, Any]:
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    cfg = tuned_config(ENV)
+    torch.set_num_threads(1)
+    curve: list[dict[str, Any]] = []
+    every = 500
+
+    class Evaluate(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.train_seconds, self.mark = 0.0, time.perf_counter()
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % every == 0:
+                self.train_seconds += time.perf_counter() - self.mark
+                model = self.model
+                rate = success_rate(lambda o: model.predict(o, deterministic=True)[0], episodes)
+                curve.append(
+                    {"steps": self.num_timesteps, "seconds": self.train_seconds, "success": rate}
+                )
+                self.mark = time.perf_counter()
+            return True
+
+    model = SB3SAC(
+        "MlpPolicy",
+        make_env(ENV),
+        learning_rate=cfg.lr,
+        gamma=cfg.gamma,
+        ent_coef=f"auto_{cfg.init_alpha}",
+        learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size,
+        buffer_size=cfg.buffer_size,
+        tau=cfg.tau,
+        policy_kwargs={"net_arch": list(cfg.hidden)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(steps, callback=Evaluate())
+    at = {c: next((p["success"] for p in curve if p["steps"] == c), None) for c in checkpoints}
+    first = next((p for p in curve if p["success"] >= 0.95), None)
+    return {
+        "seed": seed,
+        "curve": curve,
+        "at": at,
+        "seconds_to_95": None if first is None else first["seconds"],
+    }
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, color in (("ours", "C0"), ("sb3", "C1")):
+        for run in results[name]:
+            xs = [p["steps"] for p in run["curve"]]
+            ys = [100 * p["success"] for p in run["curve"]]
+            label = LABELS[name]
+            ax.plot(
+                xs,
+                ys,
+                "o-",
+                ms=3,
+                color=color,
+                alpha=0.7,
+                label=label if run is results[name][0] else None,
+            )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("success, 20 deterministic episodes (%)")
+    ax.set_title(f"{ENV}: one line per seed")
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per point")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3,000 steps")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "learning_curves.json"
+    )
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learning_curves.png")
+    args = parser.parse_args()
+    seeds, steps = (1, 3000) if args.quick else (args.seeds, args.steps)
+    checkpoints = [c for c in (2000, 4000, 6000) if c <= steps]
+    work = Path(tempfile.mkdtemp(prefix="learning-curves-"))
+    results: dict[str, Any] = {"ours": [], "sb3": []}
+    for seed in range(seeds):
+        print(f"seed {seed}: robot-sac up ...", flush=True)
+        results["ours"].append(run_ours(seed, steps, args.episodes, checkpoints, work))
+        print(f"seed {seed}: SB3 ...", flush=True)
+        results["sb3"].append(run_sb3(seed, steps, args.episodes, checkpoints))
+        for name in ("ours", "sb3"):
+            r = results[name][-1]
+            points = "  ".join(f"{c // 1000}k {r['at'][c]:.0%}" for c in checkpoints)
+            t95 = "-" if r["seconds_to_95"] is None else f"{r['seconds_to_95']:.0f} s"
+            print(f"   {name:5s} {points}   first >=95 %: {t95}", flush=True)
+
+    print(f"\n{ENV}, {seeds} seeds, {args.episodes} evaluation episodes per point")
+    print(
+        f"{'':28s}"
+        + "".join(f"{c // 1000}k steps".rjust(12) for c in checkpoints)
+        + "  >=95 % after (wall)"
+    )
+    summary: dict[str, Any] = {}
+    for name, label in (("ours", "robot_sac up (2 robots)"), ("sb3", "SB3 SAC in-process")):
+        means = [float(np.mean([r["at"][c] for r in results[name]])) for c in checkpoints]
+        times = [r["seconds_to_95"] for r in results[name]]
+        reached = [t for t in times if t is not None]
+        t = (
+            f"{np.median(reached):.0f} s median ({len(reached)}/{len(times)})"
+            if reached
+            else "never"
+        )
+        print(f"{label:28s}" + "".join(f"{m:12.0%}" for m in means) + f"  {t}")
+        summary[name] = {
+            "success_at": dict(zip(checkpoints, means, strict=True)),
+            "seconds_to_95": times,
+        }
+    ok = all(
+        summary["ours"]["success_at"][c] >= summary["sb3"]["success_at"][c] for c in checkpoints
+    )
+    print(
+        f"goal: at least SB3 at each point -> {'met' if ok else 'NOT met'}; "
+        f">= 95 % within 180 s of wall time -> ours {summary['ours']['seconds_to_95']}"
+    )
+    payload = {
+        "benchmark": "learning_curves",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "env": ENV,
+        "seeds": seeds,
+        "steps": steps,
+        "episodes": args.episodes,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "summary": summary,
+        "runs": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    plot(results, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
