@@ -5,8 +5,9 @@ HTTP, paced to the learner's update-to-data ratio); SB3 is ``SAC.learn`` on the 
 same hyper-parameters (gamma 0.95, lr 1e-3, initial alpha 0.1, learning_starts 500, batch 256,
 (256, 256) networks, one update per step, one torch thread like our learner). For each seed both
 train for the same number of environment steps; the success rate of the deterministic policy on
-``--episodes`` episodes with unseen seeds is measured at 2k, 4k and 6k steps (for ours: the newest
-version published by then), and so is the wall time until a policy first succeeds in >= 95 %.
+``--episodes`` episodes with unseen seeds is measured at 2k, 4k and 6k steps (for ours: the version
+published when the learner had done the updates those steps allow, utd x (steps - learning_starts),
+as SB3 has at that step), and so is the wall time until a policy first succeeds in >= 95 %.
 
     python bench/learning_curves.py                 # 3 seeds, about 10 minutes
     python bench/learning_curves.py --quick         # 1 seed, 3,000 steps
@@ -104,16 +105,22 @@ def run_ours(
                 "success": rate,
             }
         )
-    at_checkpoints = {}
+    # At c steps, SB3 has done utd * (c - learning_starts) updates on c steps of data; ours is the
+    # version the learner published once it had done as many (robots run at most a few dozen
+    # steps ahead of it, and that lag is recorded).
+    cfg = tuned_config(ENV)
+    at_checkpoints, lag = {}, {}
     for c in checkpoints:
-        published = [p for p in curve if p["steps"] <= c]
-        at_checkpoints[c] = published[-1]["success"] if published else 0.0
+        due = cfg.utd * max(0, c - cfg.learning_starts)
+        version = next((p for p in curve if p["updates"] >= due), curve[-1])
+        at_checkpoints[c], lag[c] = version["success"], version["steps"] - c
     first = next((p for p in curve if p["success"] >= 0.95), None)
     return {
         "seed": seed,
         "wall_s": wall,
         "curve": curve,
         "at": at_checkpoints,
+        "steps_logged_minus_checkpoint": lag,
         "seconds_to_95": None if first is None else first["seconds"],
     }
 

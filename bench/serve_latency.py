@@ -81,6 +81,8 @@ class Server:
             ) from None
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
@@ -360,66 +362,75 @@ def main() -> None:
             "processor": platform.processor() or platform.machine(),
         },
     }
-    echo = start_echo()
-    ours = start_service(tmp / "batched", task)
+    started: list[Server] = []  # stopped on any exit, Ctrl-C included
     try:
-        print("1. one robot, sequential, keep-alive", flush=True)
-        seq = sequential(echo, ours, blocks=4 if q else 10, per_block=250 if q else 1000)
-        results["sequential"] = seq
-        print(f"   echo p50 {seq['echo']['p50_ms']:.3f} ms  p99 {seq['echo']['p99_ms']:.3f} ms")
-        print(f"   ours p50 {seq['ours']['p50_ms']:.3f} ms  p99 {seq['ours']['p99_ms']:.3f} ms")
-        print(
-            f"   over the echo: p50 +{seq['over_echo_p50_ms']:.3f} ms (goal <= 0.4), "
-            f"p99 +{seq['over_echo_p99_ms']:.3f} ms (goal <= 1.5)"
-        )
+        echo = start_echo()
+        started.append(echo)
+        ours = start_service(tmp / "batched", task)
+        started.append(ours)
+        try:
+            print("1. one robot, sequential, keep-alive", flush=True)
+            seq = sequential(echo, ours, blocks=4 if q else 10, per_block=250 if q else 1000)
+            results["sequential"] = seq
+            print(f"   echo p50 {seq['echo']['p50_ms']:.3f} ms  p99 {seq['echo']['p99_ms']:.3f} ms")
+            print(f"   ours p50 {seq['ours']['p50_ms']:.3f} ms  p99 {seq['ours']['p99_ms']:.3f} ms")
+            print(
+                f"   over the echo: p50 +{seq['over_echo_p50_ms']:.3f} ms (goal <= 0.4), "
+                f"p99 +{seq['over_echo_p99_ms']:.3f} ms (goal <= 1.5)"
+            )
 
-        print(f"2. {args.robots} robots at 50 Hz, open loop", flush=True)
-        open_loop = asyncio.run(fleet(ours.port, args.robots, 4.0 if q else 15.0, 50.0))
-        results["open_loop_50hz"] = open_loop
-        print(
-            f"   {open_loop['actions_per_s']:.0f} actions/s of {open_loop['offered_per_s']:.0f} "
-            f"offered; p50 {open_loop['p50_ms']:.2f} ms, p99 {open_loop['p99_ms']:.2f} ms "
-            f"(goal <= 20), errors {open_loop['errors']}"
-        )
+            print(f"2. {args.robots} robots at 50 Hz, open loop", flush=True)
+            open_loop = asyncio.run(fleet(ours.port, args.robots, 4.0 if q else 15.0, 50.0))
+            results["open_loop_50hz"] = open_loop
+            ol = open_loop
+            print(
+                f"   {ol['actions_per_s']:.0f} actions/s of {ol['offered_per_s']:.0f} offered;",
+                f"p50 {ol['p50_ms']:.2f} ms, p99 {ol['p99_ms']:.2f} ms (goal <= 20),",
+                f"errors {ol['errors']}",
+            )
+        finally:
+            echo.stop()
+
+        unbatched = start_service(tmp / "unbatched", task, max_batch_size=1)
+        started.append(unbatched)
+        try:
+            print(f"3. {args.robots} robots, closed loop: batching on vs off", flush=True)
+            rounds: dict[str, list[float]] = {"on": [], "off": []}
+            for r in range(2 if q else 4):
+                for name in ["on", "off"] if r % 2 == 0 else ["off", "on"]:
+                    server = ours if name == "on" else unbatched
+                    res = asyncio.run(fleet(server.port, args.robots, 3.0 if q else 6.0, None))
+                    rounds[name].append(res["actions_per_s"])
+            on, off = statistics.median(rounds["on"]), statistics.median(rounds["off"])
+            results["closed_loop"] = {
+                "batching_on": rounds["on"],
+                "batching_off": rounds["off"],
+                "ratio": on / off,
+            }
+            print(f"   on {on:.0f} actions/s, off {off:.0f} actions/s: {on / off:.2f}x (goal >= 3)")
+        finally:
+            unbatched.stop()
+
+        try:
+            swaps = 10 if q else 50
+            print(
+                f"4. swap under load: {swaps} versions published while {args.robots} robots act",
+                flush=True,
+            )
+            swap = swap_under_load(ours, tmp / "batched", task, swaps, args.robots)
+            results["swap_under_load"] = swap
+            p = swap["publish_to_served_ms"]
+            print(
+                f"   {swap['versions_seen']}/{swap['versions_published']} versions seen;",
+                f"publish to first answer: median {p['median']:.0f} ms, max {p['max']:.0f} ms",
+                f"(goal <= 1000); failed requests {swap['errors']}",
+            )
+        finally:
+            ours.stop()
+
     finally:
-        echo.stop()
-
-    unbatched = start_service(tmp / "unbatched", task, max_batch_size=1)
-    try:
-        print(f"3. {args.robots} robots, closed loop: batching on vs off", flush=True)
-        rounds: dict[str, list[float]] = {"on": [], "off": []}
-        for r in range(2 if q else 4):
-            for name in ["on", "off"] if r % 2 == 0 else ["off", "on"]:
-                server = ours if name == "on" else unbatched
-                res = asyncio.run(fleet(server.port, args.robots, 3.0 if q else 6.0, None))
-                rounds[name].append(res["actions_per_s"])
-        on, off = statistics.median(rounds["on"]), statistics.median(rounds["off"])
-        results["closed_loop"] = {
-            "batching_on": rounds["on"],
-            "batching_off": rounds["off"],
-            "ratio": on / off,
-        }
-        print(f"   on {on:.0f} actions/s, off {off:.0f} actions/s: {on / off:.2f}x (goal >= 3)")
-    finally:
-        unbatched.stop()
-
-    try:
-        swaps = 10 if q else 50
-        print(
-            f"4. swap under load: {swaps} versions published while {args.robots} robots act",
-            flush=True,
-        )
-        swap = swap_under_load(ours, tmp / "batched", task, swaps, args.robots)
-        results["swap_under_load"] = swap
-        p = swap["publish_to_served_ms"]
-        print(
-            f"   {swap['versions_seen']}/{swap['versions_published']} versions seen; publish to "
-            f"first answer: median {p['median']:.0f} ms, max {p['max']:.0f} ms (goal <= 1000); "
-            f"failed requests {swap['errors']}"
-        )
-    finally:
-        ours.stop()
-
+        for server in started:
+            server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

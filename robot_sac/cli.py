@@ -308,7 +308,7 @@ def learn(
         signal.signal(sig, lambda *_: stop.set())
     dev = resolve_device(settings.device)
     if dev.type == "cpu":
-        set_cpu_threads(settings.learner_threads)
+        set_cpu_threads(settings.learner_threads, spare=1)
     store = open_store(spec, settings.data_dir, settings.store_url)
     learner = Learner(settings, spec, store, dev)
     try:

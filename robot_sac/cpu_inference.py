@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robot_sac.networks import Actor
+from robot_sac.networks import Actor, log_std_offset
 
 
 class NumpyActor:
@@ -26,8 +26,8 @@ class NumpyActor:
         ]
         self.family = actor.family
         self.action_dim = actor.action_dim
-        half = 0.5 * (actor.log_std_max - actor.log_std_min)
-        self._log_std = (half, actor.log_std_min + half)
+        low, high = actor.log_std_min, actor.log_std_max
+        self._log_std = (low, high - low, log_std_offset(low, high))
 
     def unit_actions(
         self, obs: np.ndarray, deterministic: bool | np.ndarray, rng: np.random.Generator
@@ -45,8 +45,9 @@ class NumpyActor:
             mode = np.tanh(first)
             if deterministic is True:
                 return mode
-            half, mid = self._log_std
-            scale = np.exp(np.tanh(second) * half + mid)
+            low, span, offset = self._log_std  # Actor._log_std: a shifted sigmoid squash
+            sigmoid = 0.5 * (1.0 + np.tanh(0.5 * (second + offset)))
+            scale = np.exp(low + span * sigmoid)
             noise = rng.standard_normal(first.shape, dtype=np.float32)
             sample = np.tanh(first + scale * noise)
         else:

@@ -17,18 +17,17 @@ def resolve_device(setting: str = "auto") -> torch.device:
     return device
 
 
-def set_cpu_threads(threads: int = 0) -> int:
-    """Set torch's intra-op threads (``0``: every core this process may use); return the count.
+def set_cpu_threads(threads: int = 0, spare: int = 0) -> int:
+    """Set torch's intra-op threads; return the count.
+
+    ``0`` means every core this process may use, less ``spare`` (at least one thread).
 
     Processes that share a small machine (service, learner, simulated robots) should split the
     cores between them: torch's worker threads spin while waiting, so oversubscribed cores slow
     every process down far more than the thread count suggests.
     """
     if threads <= 0:
-        threads = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, (cores or 1) - spare)
     torch.set_num_threads(threads)
     return threads

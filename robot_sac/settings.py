@@ -57,7 +57,12 @@ class Settings(BaseSettings):
         default=10.0, gt=0.0, description="...or after this many seconds, whichever comes first."
     )
     checkpoint_every: int = Field(default=10_000, ge=1, description="Checkpoint every N updates.")
-    learner_threads: int = Field(default=0, ge=0, description="Torch CPU threads (0: all cores).")
+    learner_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Torch CPU threads (0: all cores but one, which the service and robots need; "
+        "torch's threads spin while they wait, so an oversubscribed core stalls everyone).",
+    )
     cuda_graphs: bool = Field(default=True, description="Capture the update as a CUDA graph.")
 
     @property

@@ -225,7 +225,9 @@ class Learner:
             if max_updates is not None and self.sac.updates >= max_updates:
                 break
             if self.step() == 0:
-                time.sleep(0.005)
+                # nothing to do: sleep until the next look at the log or the control state
+                wake = min(self._next["pull"], self._next["control"])
+                time.sleep(min(0.02, max(0.001, wake - time.monotonic())))
             if on_pass is not None:
                 on_pass()
 
