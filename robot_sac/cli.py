@@ -23,6 +23,17 @@ app = typer.Typer(
 )
 
 
+# Options several commands share.
+EnvOption = Annotated[str | None, typer.Option(help="Gymnasium env id of the task.")]
+TaskOption = Annotated[
+    Path | None, typer.Option(help="Task file (JSON or TOML) describing a real robot.")
+]
+DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")]
+StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"robot-sac {__version__}")
@@ -190,26 +201,18 @@ def _is_loopback(host: str) -> bool:
 
 @app.command()
 def serve(
-    env: Annotated[str | None, typer.Option(help="Gymnasium env id whose task to serve.")] = None,
-    task: Annotated[
-        Path | None, typer.Option(help="Task file (JSON or TOML) describing a real robot.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")
-    ] = None,
-    store_url: Annotated[
-        str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")
-    ] = None,
+    env: EnvOption = None,
+    task: TaskOption = None,
+    data_dir: DataDirOption = None,
+    store_url: StoreUrlOption = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (ROBOT_SAC_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (ROBOT_SAC_PORT).")] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")
-    ] = None,
+    device: DeviceOption = None,
     max_batch_size: Annotated[
         int | None, typer.Option(help="Most observations per forward pass.")
     ] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="Extra batching window in ms.")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Run the inference service: actions over HTTP, the transition log, the operator's controls.
 
@@ -260,24 +263,19 @@ def serve(
 
 @app.command()
 def learn(
-    env: Annotated[str | None, typer.Option(help="Gymnasium env id whose task to learn.")] = None,
-    task: Annotated[Path | None, typer.Option(help="Task file (JSON or TOML).")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")
-    ] = None,
-    store_url: Annotated[
-        str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")
-    ] = None,
+    env: EnvOption = None,
+    task: TaskOption = None,
+    data_dir: DataDirOption = None,
+    store_url: StoreUrlOption = None,
+    device: DeviceOption = None,
     threads: Annotated[
-        int | None, typer.Option(help="Torch CPU threads (ROBOT_SAC_LEARNER_THREADS; 0: all).")
+        int | None,
+        typer.Option(help="Torch CPU threads (ROBOT_SAC_LEARNER_THREADS; 0: all cores but one)."),
     ] = None,
     publish_every: Annotated[int | None, typer.Option(help="Publish every N updates.")] = None,
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Run the learner: tail the transition log, train SAC, publish policy versions.
 
