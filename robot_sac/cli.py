@@ -448,7 +448,7 @@ def up(
         typer.Option(
             min=1, help="Publish a version every N updates (robots paced to the learner act on it)."
         ),
-    ] = 50,
+    ] = 25,
 ) -> None:
     """Run the whole loop on this machine: the service, the learner and simulated robots.
 

@@ -44,8 +44,10 @@ class Settings(BaseSettings):
         default=256 * 2**20, ge=1024, description="Largest policy upload."
     )
     policy_poll_s: float = Field(default=0.05, gt=0.0, le=1.0, description="Registry poll period.")
-    fast_act_path: bool = Field(
-        default=True, description="Serve /v1/act in front of FastAPI's routing (much faster)."
+    fast_path: bool = Field(
+        default=True,
+        description="Serve /v1/act, /v1/act/batch and /v1/transitions in front of FastAPI's "
+        "routing (much faster; the answers are the same).",
     )
     inference_threads: int = Field(
         default=1, ge=0, description="Torch CPU threads for serving (0: all)."

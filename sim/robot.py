@@ -45,7 +45,7 @@ class Pacer:
     ``period_s``.
     """
 
-    def __init__(self, client: RobotClient, slack: int = 50, period_s: float = 0.1) -> None:
+    def __init__(self, client: RobotClient, slack: int = 20, period_s: float = 0.05) -> None:
         self.client, self.slack, self.period_s = client, slack, period_s
         self._status: dict[str, Any] | None = None
         self._read_at = -1e9
@@ -101,7 +101,10 @@ def run_robot(
     env = make_env(env_id)
     run_id = run_id or uuid.uuid4().hex[:8]
     reports: list[EpisodeReport] = []
-    client = RobotClient(url, robot_id, token=token)
+    # A paced robot stands in for in-process SAC, whose learner trains on every step at once:
+    # send small batches promptly, so the learner is never kept waiting for data in our queue.
+    batching = {"batch_size": 8, "flush_interval_s": 0.05} if pace else {}
+    client = RobotClient(url, robot_id, token=token, **batching)
     pacer = Pacer(client) if pace else None
     period = None if not rate_hz else 1.0 / rate_hz
     try:

@@ -736,15 +736,15 @@ def test_bad_input_is_a_clear_4xx(
     assert_error(_send_bad(c, method, path, body), status, *mentions)
 
 
-ACT_BAD_INPUTS = [case for case in BAD_INPUTS if case[2].startswith("/v1/act")]
+HOT_BAD_INPUTS = [case for case in BAD_INPUTS if case[2].startswith(("/v1/act", "/v1/transitions"))]
 
 
 @pytest.fixture(scope="module")
 def framework_act_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadService]:
-    """Act served by the FastAPI routes (the fast path off), 250 kB body limit."""
+    """Act and transitions served by the FastAPI routes (the fast path off), 250 kB limit."""
     svc = start_thread_service(
         tmp_path_factory.mktemp("framework") / "data",
-        fast_act_path=False,
+        fast_path=False,
         max_body_bytes=250_000,
     )
     yield svc
@@ -753,10 +753,10 @@ def framework_act_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "mentions"),
-    [case[1:] for case in ACT_BAD_INPUTS],
-    ids=[case[0] for case in ACT_BAD_INPUTS],
+    [case[1:] for case in HOT_BAD_INPUTS],
+    ids=[case[0] for case in HOT_BAD_INPUTS],
 )
-def test_bad_act_input_without_the_fast_path(
+def test_bad_hot_path_input_without_the_fast_path(
     framework_act_service: ThreadService,
     method: str,
     path: str,
@@ -768,7 +768,7 @@ def test_bad_act_input_without_the_fast_path(
     assert_error(_send_bad(c, method, path, body), status, *mentions)
 
 
-def test_act_without_the_fast_path(framework_act_service: ThreadService) -> None:
+def test_hot_routes_without_the_fast_path(framework_act_service: ThreadService) -> None:
     c = framework_act_service.client()
     one = c.post("/v1/act", json={"obs": OBS, "deterministic": True})
     assert one.status_code == 200, one.text
@@ -785,11 +785,16 @@ def test_act_without_the_fast_path(framework_act_service: ThreadService) -> None
     assert "content-length" not in r.request.headers
     assert_error(r, 413, "250000")
     assert 'status="500"' not in c.get("/metrics").text
+    batch = [transition("framework", "e0", i) for i in range(3)]
+    for want in ({"accepted": 3, "duplicates": 0}, {"accepted": 0, "duplicates": 3}):
+        r = c.post("/v1/transitions", json={"transitions": batch})
+        assert r.status_code == 200, r.text
+        assert r.json() == want
 
 
 def test_act_auth_without_the_fast_path(tmp_path: Path) -> None:
     svc = start_thread_service(
-        tmp_path / "d", fast_act_path=False, robot_token=ROBOT_TOKEN, operator_token=OPERATOR_TOKEN
+        tmp_path / "d", fast_path=False, robot_token=ROBOT_TOKEN, operator_token=OPERATOR_TOKEN
     )
     try:
         for path, body in (("/v1/act", {"obs": OBS}), ("/v1/act/batch", {"obs": [OBS]})):

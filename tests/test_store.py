@@ -242,6 +242,28 @@ def test_append_read_round_trip_is_bit_identical_float32(store: Store) -> None:
     assert store.last_position() == int(rows.position[-1])
 
 
+def test_arrays_and_lists_are_stored_as_the_same_float32_bytes(make_store: MakeStore) -> None:
+    # Lists (what the service parses) take the packing fast path, arrays the numpy one.
+    rng = np.random.default_rng(3)
+    obs = rng.standard_normal((6, 3)) * np.asarray([1.0, 1e-30, 1e30])
+    action = rng.uniform(-1.0, 1.0, (6, 2))
+    as_lists = [
+        step(i, obs=obs[i].tolist(), action=action[i].tolist(), next_obs=[0.0, -0.0, 1.0])
+        for i in range(6)
+    ]
+    as_arrays = [
+        step(i, obs=obs[i], action=action[i].astype(np.float32), next_obs=np.array([0.0, -0.0, 1]))
+        for i in range(6)
+    ]
+    a, b = make_store(name="lists"), make_store(name="arrays")
+    assert a.append(as_lists) == b.append(as_arrays) == (6, 0)
+    ra, rb = all_rows(a), all_rows(b)
+    np.testing.assert_array_equal(bits(ra.obs), bits(obs.astype(np.float32)))
+    np.testing.assert_array_equal(bits(ra.obs), bits(rb.obs))
+    np.testing.assert_array_equal(bits(ra.action), bits(rb.action))
+    np.testing.assert_array_equal(bits(ra.next_obs), bits(rb.next_obs))
+
+
 def test_read_after_pages_through_every_row_once_in_order(store: Store) -> None:
     sizes = [7, 1, 12, 5]
     tag = itertools.count()

@@ -11,8 +11,9 @@ import abc
 import dataclasses
 import json
 import math
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -277,19 +278,37 @@ def _vectors(transitions: Sequence[TransitionLike], name: str, width: int) -> np
     return array
 
 
+def _packer(width: int) -> Callable[..., bytes]:
+    return struct.Struct(f"<{width}f").pack
+
+
 def encode_rows(
     transitions: Sequence[TransitionLike], spec: TaskSpec, received_at: float | None = None
 ) -> list[tuple[Any, ...]]:
     """Transitions as row tuples for the transitions table, vectors as float32 bytes.
 
-    The whole batch is converted and checked at once (this is the ingest hot path).
+    This is the ingest hot path. Lists of floats (what the service's parser gives) are packed
+    straight to float32 bytes, a few times faster than going through numpy, and the whole batch is
+    then checked finite in one vectorised pass; anything else (arrays, tensors) goes through numpy.
     """
     if not transitions:
         return []
     now = time.time() if received_at is None else received_at
-    obs = _vectors(transitions, "obs", spec.obs_dim)
-    action = _vectors(transitions, "action", spec.action_dim)
-    next_obs = _vectors(transitions, "next_obs", spec.obs_dim)
+    try:
+        packed = _pack_lists(transitions, spec)
+    except (struct.error, TypeError, OverflowError):
+        packed = None  # not plain lists of the right lengths, or out of float32's range
+    if packed is None:
+        obs, action, next_obs = (
+            [row.tobytes() for row in _vectors(transitions, name, width)]
+            for name, width in (
+                ("obs", spec.obs_dim),
+                ("action", spec.action_dim),
+                ("next_obs", spec.obs_dim),
+            )
+        )
+    else:
+        obs, action, next_obs = packed
     rows = []
     for t, o, a, n in zip(transitions, obs, action, next_obs, strict=True):
         if not (math.isfinite(t.reward) and abs(t.reward) <= FLOAT32_MAX):
@@ -303,10 +322,10 @@ def encode_rows(
                 t.robot_id,
                 t.episode_id,
                 int(t.step),
-                o.tobytes(),
-                a.tobytes(),
+                o,
+                a,
                 float(t.reward),
-                n.tobytes(),
+                n,
                 1 if t.terminated else 0,
                 1 if t.truncated else 0,
                 None if version is None else int(version),
@@ -314,6 +333,30 @@ def encode_rows(
             )
         )
     return rows
+
+
+def _pack_lists(
+    transitions: Sequence[TransitionLike], spec: TaskSpec
+) -> tuple[list[bytes], list[bytes], list[bytes]] | None:
+    """The three vectors of every transition as float32 bytes, or None if some are not lists.
+
+    ``struct`` refuses a wrong length and a value beyond float32's range (so the caller falls
+    back to :func:`_vectors`, whose errors say which transition is wrong); NaN and infinity pack,
+    so they are looked for afterwards in one pass over the batch.
+    """
+    if not all(
+        type(t.obs) is list and type(t.action) is list and type(t.next_obs) is list
+        for t in transitions
+    ):
+        return None
+    pack_obs, pack_action = _packer(spec.obs_dim), _packer(spec.action_dim)
+    obs = [pack_obs(*t.obs) for t in transitions]
+    action = [pack_action(*t.action) for t in transitions]
+    next_obs = [pack_obs(*t.next_obs) for t in transitions]
+    for vectors in (obs, action, next_obs):
+        if not np.isfinite(np.frombuffer(b"".join(vectors), "<f4")).all():
+            return None  # _vectors names the transition and the field
+    return obs, action, next_obs
 
 
 def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:

@@ -27,9 +27,9 @@ from robot_sac.devices import resolve_device
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.deps import AppState
+from robot_sac.services.inference.fast_path import FastPath
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.routers import act, admin, health, policy, transitions
-from robot_sac.services.inference.routers.act import ActFastPath
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
 from robot_sac.store import Store, open_store
@@ -227,7 +227,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         state = getattr(app.state, "robot_sac", None)
         return None if state is None else state.metrics
 
-    # Added last is outermost: the guard sees every request, the act fast path runs inside it.
-    app.add_middleware(ActFastPath, describe_error=describe_validation_errors)
+    # Added last is outermost: the guard sees every request, the fast path runs inside it.
+    app.add_middleware(FastPath, describe_error=describe_validation_errors)
     app.add_middleware(GuardMiddleware, settings=settings, metrics_of=metrics_of)
     return app

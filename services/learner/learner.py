@@ -32,7 +32,7 @@ log = logging.getLogger("robot_sac.learner")
 
 CONTROL_PERIOD_S = 0.05
 PULL_PERIOD_S = 0.02
-STATUS_PERIOD_S = 0.5
+STATUS_PERIOD_S = 0.1  # paced robots read the update count from here
 PULL_ROWS = 10_000
 BURST_SECONDS = 0.05  # longest run of updates between two looks at the control state
 

@@ -1,10 +1,9 @@
 """``POST /v1/act`` and ``POST /v1/act/batch``: actions from the served policy.
 
-The act path is the service's hottest, so it is served by :class:`ActFastPath`, a plain ASGI
-layer in front of the framework: it reads the body, checks the token, parses with pydantic's own
-JSON parser, asks the micro-batcher and writes the answer as bytes, at a fraction of FastAPI's
-per-request cost. The FastAPI routes below document the two endpoints in the OpenAPI schema and
-serve them when the fast path is off (``ROBOT_SAC_FAST_ACT_PATH=false``); both run :func:`answer`.
+The act path is the service's hottest, so it is served by the fast path
+(:mod:`robot_sac.services.inference.fast_path`), a plain ASGI layer in front of the framework, at
+a fraction of FastAPI's per-request cost. The FastAPI routes below document the two endpoints in
+the OpenAPI schema and serve them when the fast path is off; both run :func:`answer`.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from robot_sac.schemas import ActBatchRequest, ActBatchResponse, ActRequest, ActResponse
 from robot_sac.services.inference.deps import AppState, check_robot
@@ -35,7 +32,7 @@ def _obs_array(rows: list[list[float]], obs_dim: int, single: bool) -> np.ndarra
     return np.asarray(rows, dtype=np.float32)
 
 
-async def answer(state: AppState, path: str, authorization: str | None, body: bytes) -> bytes:
+async def answer(state: AppState, authorization: str | None, body: bytes, path: str = ACT) -> bytes:
     """The work of both act endpoints; the JSON answer's bytes.
 
     Raises ``HTTPException`` or pydantic's ``ValidationError`` for anything the client got wrong.
@@ -62,50 +59,6 @@ async def answer(state: AppState, path: str, authorization: str | None, body: by
     return json.dumps(payload).encode()
 
 
-class ActFastPath:
-    """Serves ``POST /v1/act`` and ``/v1/act/batch`` before FastAPI's routing; the rest passes."""
-
-    def __init__(self, app: ASGIApp, describe_error: Any) -> None:
-        self.app, self.describe_error = app, describe_error
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path")
-        state = getattr(scope["app"].state, "robot_sac", None) if "app" in scope else None
-        if (
-            scope["type"] != "http"
-            or path not in (ACT, ACT_BATCH)
-            or scope["method"] != "POST"
-            or state is None
-            or not state.settings.fast_act_path
-        ):
-            await self.app(scope, receive, send)
-            return
-        scope["robot_sac.route"] = path
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        authorization = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-        headers = [(b"content-type", b"application/json")]
-        try:
-            data = await answer(state, path, authorization, body)
-            status = 200
-        except HTTPException as exc:
-            status, data = exc.status_code, json.dumps({"detail": exc.detail}).encode()
-            headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-        except ValidationError as exc:
-            status, detail = self.describe_error(list(exc.errors()))
-            data = json.dumps({"detail": detail}).encode()
-        headers.append((b"content-length", str(len(data)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
-
-
 def _body_schema(model: type) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
@@ -117,7 +70,7 @@ def _body_schema(model: type) -> dict[str, Any]:
 async def act(request: Request) -> Response:
     """One action for one observation, in robot units, finite and inside the task's bounds."""
     data = await answer(
-        request.app.state.robot_sac, ACT, request.headers.get("authorization"), await request.body()
+        request.app.state.robot_sac, request.headers.get("authorization"), await request.body(), ACT
     )
     return Response(data, media_type="application/json")
 
@@ -131,8 +84,8 @@ async def act_batch(request: Request) -> Response:
     """Actions for many observations of one robot, in one forward pass."""
     data = await answer(
         request.app.state.robot_sac,
-        ACT_BATCH,
         request.headers.get("authorization"),
         await request.body(),
+        ACT_BATCH,
     )
     return Response(data, media_type="application/json")

@@ -1,0 +1,75 @@
+"""The service's hot routes served in front of FastAPI's routing.
+
+``/v1/act``, ``/v1/act/batch`` and ``/v1/transitions`` carry nearly all of a fleet's requests. A
+plain ASGI layer reads the body, hands it with the ``Authorization`` header to the route's own
+function and writes the answer as bytes, skipping the framework's per-request routing,
+dependency and response machinery. The FastAPI routes document the same endpoints in the
+OpenAPI schema and serve them when ``ROBOT_SAC_FAST_PATH=false``; both run the same function, so
+the answers are the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from robot_sac.services.inference.deps import AppState
+from robot_sac.services.inference.routers.act import ACT, ACT_BATCH, answer
+from robot_sac.services.inference.routers.transitions import TRANSITIONS, ingest
+
+Handler = Callable[[AppState, "str | None", bytes], Awaitable[bytes]]
+
+HANDLERS: dict[str, Handler] = {
+    ACT: partial(answer, path=ACT),
+    ACT_BATCH: partial(answer, path=ACT_BATCH),
+    TRANSITIONS: ingest,
+}
+
+
+class FastPath:
+    """Serves the POST routes of :data:`HANDLERS` before FastAPI's routing; the rest passes."""
+
+    def __init__(self, app: ASGIApp, describe_error: Any) -> None:
+        self.app, self.describe_error = app, describe_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        handler = HANDLERS.get(path) if scope["type"] == "http" else None
+        state = getattr(scope["app"].state, "robot_sac", None) if "app" in scope else None
+        if (
+            handler is None
+            or scope["method"] != "POST"
+            or state is None
+            or not state.settings.fast_path
+        ):
+            await self.app(scope, receive, send)
+            return
+        scope["robot_sac.route"] = path
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+        headers = [(b"content-type", b"application/json")]
+        try:
+            data = await handler(state, authorization, b"".join(chunks))
+            status = 200
+        except HTTPException as exc:
+            status, data = exc.status_code, json.dumps({"detail": exc.detail}).encode()
+            headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+        except ValidationError as exc:
+            status, detail = self.describe_error(list(exc.errors()))
+            data = json.dumps({"detail": detail}).encode()
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
