@@ -4,7 +4,7 @@ It talks to the rest only through the store. Each pass of :meth:`Learner.step` d
 everything, so no part waits on another: read the control state (every 50 ms), pull new log rows
 into the replay buffer (every 20 ms, or at once while there is a backlog), run a short burst of
 updates within the update-to-data budget, publish, checkpoint, and write the status row (every
-0.5 s). Nothing here blocks on the service or the robots.
+0.1 s). Nothing here blocks on the service or the robots.
 """
 
 from __future__ import annotations

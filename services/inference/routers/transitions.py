@@ -29,18 +29,15 @@ async def ingest(state: AppState, authorization: str | None, body: bytes) -> byt
     # pydantic's own JSON parser: several times faster than json.loads plus validation for
     # the large bodies a robot's batches are.
     request = TransitionsRequest.model_validate_json(body)
-    spec = state.spec
+    obs_dim, action_dim = state.spec.obs_dim, state.spec.action_dim
     for i, t in enumerate(request.transitions):
-        for name, want in (
-            ("obs", spec.obs_dim),
-            ("action", spec.action_dim),
-            ("next_obs", spec.obs_dim),
-        ):
-            got = len(getattr(t, name))
-            if got != want:
-                raise HTTPException(
-                    422, f"transitions[{i}].{name} has {got} values; the task's have {want}"
-                )
+        if len(t.obs) != obs_dim or len(t.action) != action_dim or len(t.next_obs) != obs_dim:
+            for name, want in (("obs", obs_dim), ("action", action_dim), ("next_obs", obs_dim)):
+                got = len(getattr(t, name))
+                if got != want:
+                    raise HTTPException(
+                        422, f"transitions[{i}].{name} has {got} values; the task's have {want}"
+                    )
     try:
         accepted, duplicates = await anyio.to_thread.run_sync(
             state.store.append, request.transitions
