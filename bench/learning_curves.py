@@ -9,7 +9,7 @@ train for the same number of environment steps; the success rate of the determin
 published when the learner had done the updates those steps allow, utd x (steps - learning_starts),
 as SB3 has at that step), and so is the wall time until a policy first succeeds in >= 95 %.
 
-    python bench/learning_curves.py                 # 5 seeds, about 20 minutes
+    python bench/learning_curves.py                 # 6 seeds, about 40 minutes
     python bench/learning_curves.py --quick         # 1 seed, 3,000 steps
 
 Writes ``bench/results/learning_curves.json`` and ``docs/learning_curves.png``.
@@ -215,7 +215,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per point")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3,000 steps")
