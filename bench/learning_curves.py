@@ -131,11 +131,31 @@ def run_ours(
     }
 
 
-def run_sb3(seed: int, steps: int, episodes: int, checkpoints: list[int]) -> dict[str, Any]:
+def sb3_sac(env_id: str, seed: int) -> Any:
+    """Stable-Baselines3's SAC on ``env_id`` with our tuned settings for it, on the CPU."""
     from stable_baselines3 import SAC as SB3SAC
+
+    cfg = tuned_config(env_id)
+    return SB3SAC(
+        "MlpPolicy",
+        make_env(env_id),
+        learning_rate=cfg.lr,
+        gamma=cfg.gamma,
+        ent_coef=f"auto_{cfg.init_alpha}",
+        learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size,
+        buffer_size=cfg.buffer_size,
+        tau=cfg.tau,
+        policy_kwargs={"net_arch": list(cfg.hidden)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def run_sb3(seed: int, steps: int, episodes: int, checkpoints: list[int]) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    cfg = tuned_config(ENV)
     torch.set_num_threads(1)
     curve: list[dict[str, Any]] = []
 
@@ -155,21 +175,7 @@ def run_sb3(seed: int, steps: int, episodes: int, checkpoints: list[int]) -> dic
                 self.mark = time.perf_counter()
             return True
 
-    model = SB3SAC(
-        "MlpPolicy",
-        make_env(ENV),
-        learning_rate=cfg.lr,
-        gamma=cfg.gamma,
-        ent_coef=f"auto_{cfg.init_alpha}",
-        learning_starts=cfg.learning_starts,
-        batch_size=cfg.batch_size,
-        buffer_size=cfg.buffer_size,
-        tau=cfg.tau,
-        policy_kwargs={"net_arch": list(cfg.hidden)},
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
+    model = sb3_sac(ENV, seed)
     model.learn(steps, callback=Evaluate())
     at = {c: next((p["success"] for p in curve if p["steps"] == c), None) for c in checkpoints}
     first = next((p for p in curve if p["success"] >= 0.95), None)

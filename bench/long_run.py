@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,8 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from learning_curves import free_port, sb3_sac
 
-from robot_sac.config import tuned_config
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
@@ -47,12 +46,6 @@ def score(env_id: str, act: Any, episodes: int) -> list[float]:
         return evaluate(act, env, episodes, EVAL_SEED)
     finally:
         env.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ours(env_id: str, steps: int, robots: int, data: Path, log: Path) -> subprocess.Popen:
@@ -82,25 +75,8 @@ def start_sb3(env_id: str, steps: int, out: Path, log: Path) -> subprocess.Popen
 
 def train_sb3(env_id: str, steps: int, out: Path) -> None:
     """The SB3 side, in its own process; saves the trained model (SB3's own zip format)."""
-    from stable_baselines3 import SAC as SB3SAC
-
-    cfg = tuned_config(env_id)
     torch.set_num_threads(1)
-    model = SB3SAC(
-        "MlpPolicy",
-        make_env(env_id),
-        learning_rate=cfg.lr,
-        gamma=cfg.gamma,
-        ent_coef=f"auto_{cfg.init_alpha}",
-        learning_starts=cfg.learning_starts,
-        batch_size=cfg.batch_size,
-        buffer_size=cfg.buffer_size,
-        tau=cfg.tau,
-        policy_kwargs={"net_arch": list(cfg.hidden)},
-        seed=0,
-        device="cpu",
-        verbose=0,
-    )
+    model = sb3_sac(env_id, seed=0)
     start = time.perf_counter()
     model.learn(steps, progress_bar=False)
     model.save(out)
