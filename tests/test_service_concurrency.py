@@ -155,6 +155,11 @@ def test_hot_swap_under_load_never_fails_and_never_goes_back(
                 refused.add(store.register_policy(bad["nan" if k == 5 else "wrong_shape"]).version)
             if k == 15:  # and the disk tears one
                 refused.add(register_torn(store, new_version_bytes(1000), monkeypatch))
+            # The service follows the newest version: one superseded before its watcher looked
+            # is skipped, never tried. Let it look at each broken one, so each must be refused.
+            deadline = time.monotonic() + 10
+            while not refused <= set(svc.state.serving.refused) and time.monotonic() < deadline:
+                time.sleep(0.01)
             time.sleep(0.05)
         # wait until the newest good version is served
         deadline = time.monotonic() + 10
