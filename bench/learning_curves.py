@@ -59,28 +59,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def up_command(env_id: str, robots: int, steps: int, data: Path, seed: int = 0) -> list[str]:
+    """``robot-sac up`` on a free port, as a subprocess's argument list."""
+    return [
+        *(sys.executable, "-m", "robot_sac.cli", "up", "--env", env_id),
+        *("--robots", str(robots), "--steps", str(steps), "--data-dir", str(data)),
+        *("--port", str(free_port()), "--seed", str(seed)),
+    ]
+
+
 def run_ours(
     seed: int, steps: int, episodes: int, checkpoints: list[int], work: Path
 ) -> dict[str, Any]:
     data = work / f"ours-{seed}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "robot_sac.cli",
-        "up",
-        "--env",
-        ENV,
-        "--robots",
-        "2",
-        "--steps",
-        str(steps),
-        "--data-dir",
-        str(data),
-        "--port",
-        str(free_port()),
-        "--seed",
-        str(seed * 10),
-    ]
+    cmd = up_command(ENV, 2, steps, data, seed=seed * 10)
     start = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - start

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from learning_curves import free_port, sb3_sac
+from learning_curves import sb3_sac, up_command
 
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
@@ -49,22 +49,7 @@ def score(env_id: str, act: Any, episodes: int) -> list[float]:
 
 
 def start_ours(env_id: str, steps: int, robots: int, data: Path, log: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "robot_sac.cli",
-        "up",
-        "--env",
-        env_id,
-        "--robots",
-        str(robots),
-        "--steps",
-        str(steps),
-        "--data-dir",
-        str(data),
-        "--port",
-        str(free_port()),
-    ]
+    cmd = up_command(env_id, robots, steps, data)
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
