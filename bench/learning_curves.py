@@ -11,6 +11,8 @@ as SB3 has at that step), and so is the wall time until a policy first succeeds 
 
     python bench/learning_curves.py                 # 6 seeds, about 40 minutes
     python bench/learning_curves.py --quick         # 1 seed, 3,000 steps
+    python bench/learning_curves.py --first-seed 6 --add-to bench/results/learning_curves.json
+                                                    # 6 more seeds, pooled with an earlier run
 
 Writes ``bench/results/learning_curves.json`` and ``docs/learning_curves.png``.
 """
@@ -218,6 +220,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per point")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3,000 steps")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1"
+    )
+    parser.add_argument(
+        "--add-to",
+        type=Path,
+        default=None,
+        help="an earlier result file of this script: its runs are pooled with these (more seeds)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "learning_curves.json"
     )
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learning_curves.png")
@@ -226,7 +237,20 @@ def main() -> None:
     checkpoints = [c for c in (2000, 4000, 6000) if c <= steps]
     work = Path(tempfile.mkdtemp(prefix="learning-curves-"))
     results: dict[str, Any] = {"ours": [], "sb3": []}
-    for seed in range(seeds):
+    if args.add_to is not None:
+        earlier = json.loads(args.add_to.read_text())
+        settings = (earlier["env"], earlier["steps"], earlier["episodes"])
+        if settings != (ENV, steps, args.episodes):
+            raise SystemExit(f"{args.add_to} was run with other settings; cannot pool it")
+        for name in results:
+            for r in earlier["runs"][name]:  # JSON keys are strings; checkpoints are ints here
+                r["at"] = {int(k): v for k, v in r["at"].items()}
+                results[name].append(r)
+        taken = {r["seed"] for r in results["ours"]}
+        clash = taken & set(range(args.first_seed, args.first_seed + seeds))
+        if clash:
+            raise SystemExit(f"{args.add_to} already holds seeds {sorted(clash)}: use --first-seed")
+    for seed in range(args.first_seed, args.first_seed + seeds):
         print(f"seed {seed}: robot-sac up ...", flush=True)
         results["ours"].append(run_ours(seed, steps, args.episodes, checkpoints, work))
         print(f"seed {seed}: SB3 ...", flush=True)
@@ -237,6 +261,7 @@ def main() -> None:
             t95 = "-" if r["seconds_to_95"] is None else f"{r['seconds_to_95']:.0f} s"
             print(f"   {name:5s} {points}   first >=95 %: {t95}", flush=True)
 
+    seeds = len(results["ours"])
     print(f"\n{ENV}, {seeds} seeds, {args.episodes} evaluation episodes per point")
     print(
         f"{'':28s}"
