@@ -134,10 +134,9 @@ class TwinCritic(nn.Module):
         x = obs_action.unsqueeze(0).expand(self.n, *obs_action.shape)
         for i in range(layers - 1):
             x = torch.relu_(torch.baddbmm(params[layers + i], x, params[i]))
-        # The output layer is one unit wide: a batched dot product is several times faster
-        # than a matrix product with one column, forward and backward.
-        w_out, b_out = params[layers - 1], params[-1]
-        return torch.linalg.vecdot(x, w_out.transpose(1, 2)) + b_out.squeeze(-1)
+        # The one-unit output layer as a matrix product too: 2-3 % more updates/s than a batched
+        # dot product (mul + sum) on a 2-core CPU, measured on the whole update.
+        return torch.baddbmm(params[-1], x, params[layers - 1]).squeeze(-1)
 
     def q(self, index: int, obs_action: Tensor) -> Tensor:
         """Q-function ``index`` alone as a plain MLP, ``(B,)``; a reference for tests."""
