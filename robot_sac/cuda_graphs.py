@@ -22,8 +22,9 @@ class GraphedUpdate:
     Args:
         sac: the learner state, on a CUDA device (its optimisers are capturable there).
         replay: a buffer on the same device, already holding at least one transition.
-        compile: also pass :meth:`SAC.losses` through ``torch.compile`` before capturing, which
-            fuses the elementwise work into fewer kernels.
+        compile: also pass :meth:`SAC.critic_loss` and :meth:`SAC.actor_losses` through
+            ``torch.compile`` before capturing, which fuses the elementwise work into fewer
+            kernels.
 
     Calling the object runs one update and returns the statistics of :meth:`SAC.update` as static
     device tensors, overwritten by the next call (clone them to keep them).
@@ -40,7 +41,8 @@ class GraphedUpdate:
         self.batch_size = sac.cfg.batch_size
         self._size = torch.tensor(float(len(replay)), dtype=torch.float64, device=sac.device)
         if compile:
-            sac.losses = torch.compile(sac.losses)  # type: ignore[method-assign]
+            sac.critic_loss = torch.compile(sac.critic_loss)  # type: ignore[method-assign]
+            sac.actor_losses = torch.compile(sac.actor_losses)  # type: ignore[method-assign]
         step: Callable[[], dict[str, Tensor]] = self._sample_and_update
         stream = torch.cuda.Stream(sac.device)
         stream.wait_stream(torch.cuda.current_stream(sac.device))

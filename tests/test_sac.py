@@ -73,6 +73,28 @@ def test_update_moves_every_trained_parameter_and_polyak_averages_the_target(sac
     assert sac.updates == 1
 
 
+def test_the_actor_steps_against_the_critic_after_its_step():
+    # Two learners alike but for the critic's learning rate. Were all losses taken before any
+    # step, the actors would come out identical; stepping the critic first, they differ, and
+    # with a zero critic learning rate the critic must be exactly as before.
+    def one_update(critic_lr: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        sac = SAC(5, 2, SACConfig(hidden=(16, 16)))
+        for group in sac.critic_optimizer.param_groups:
+            group["lr"] = critic_lr
+        critic_before = [p.detach().clone() for p in sac.critic.parameters()]
+        torch.manual_seed(1)
+        sac.update(make_batch())
+        if critic_lr == 0.0:
+            for old, new in zip(critic_before, sac.critic.parameters(), strict=True):
+                assert torch.equal(old, new)
+        return [p.detach().clone() for p in sac.actor.parameters()], critic_before
+
+    frozen_critic, _ = one_update(0.0)
+    moving_critic, _ = one_update(1e-2)
+    assert any(not torch.equal(a, b) for a, b in zip(frozen_critic, moving_critic, strict=True))
+
+
 def test_soft_update_is_exact_for_a_known_tau():
     # Dyadic values and tau = 1/4: every intermediate is exact in float32.
     target = [torch.tensor([0.0, 1.0, -2.0, 8.0]), torch.tensor([[4.0, -4.0]])]
