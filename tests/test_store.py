@@ -582,6 +582,62 @@ def test_a_duplicate_ending_step_does_not_end_an_episode(store: Store) -> None:
     assert store.episodes_by_version() == []  # no stored step ended the episode
 
 
+@st.composite
+def episode_traffic(draw: st.DrawFn) -> list[list[tuple[int, int, float, int, bool]]]:
+    """Batches of ``(episode, step, reward, version, ends)`` over two short episodes, with retries
+    that may repeat a key with other content (another reward, version or end flag)."""
+    sending = st.tuples(
+        st.integers(0, 1),
+        st.integers(0, 4),
+        st.integers(-3, 3).map(float),
+        st.integers(0, 2),
+        st.booleans(),
+    )
+    return draw(st.lists(st.lists(sending, min_size=1, max_size=6), min_size=1, max_size=6))
+
+
+@settings(max_examples=80, deadline=None)
+@given(traffic=episode_traffic())
+def test_property_episode_returns_follow_the_stored_steps(
+    backend: str, traffic: list[list[tuple[int, int, float, int, bool]]]
+) -> None:
+    # The reference: the first sending of a key is the stored one; an episode is summed once a
+    # stored step ends it, over all its stored steps, and credited to the version that chose most
+    # of them (ties: the newer one).
+    stored: dict[tuple[int, int], tuple[float, int, bool]] = {}
+    with tempfile.TemporaryDirectory() as where:
+        store = open_backend(backend, SPEC, Path(where))
+        try:
+            for batch in traffic:
+                store.append(
+                    [
+                        step(i, episode=f"e{e}", reward=r, version=v, terminated=ends)
+                        for e, i, r, v, ends in batch
+                    ]
+                )
+                for e, i, r, v, ends in batch:
+                    stored.setdefault((e, i), (r, v, ends))
+            returns: dict[int, list[float]] = {}
+            for e in (0, 1):
+                steps = [value for (episode, _), value in stored.items() if episode == e]
+                if not any(ends for _, _, ends in steps):
+                    continue
+                votes = [sum(1 for _, v, _ in steps if v == version) for version in range(3)]
+                top = max(range(3), key=lambda version: (votes[version], version))
+                returns.setdefault(top, []).append(sum(r for r, _, _ in steps))
+            got = {
+                s.version: (s.episodes, s.mean_return, sorted(s.recent_returns))
+                for s in store.episodes_by_version()
+            }
+            want = {
+                v: (len(rs), pytest.approx(sum(rs) / len(rs)), sorted(rs))
+                for v, rs in returns.items()
+            }
+            assert got == want
+        finally:
+            store.close()
+
+
 # --- 5. the policy registry -----------------------------------------------------------------------
 
 
