@@ -9,11 +9,15 @@ pay one fsync per batch:
   this is the floor that SQLite and the disk set.
 * service: ``robot-sac serve`` in a subprocess; one client with a keep-alive connection posts
   ``/v1/transitions`` batch after batch, each answered 200 before the next (a 200 means on disk).
-  Request bodies are JSON-encoded before the clock starts, so the client's encoding is not counted.
-* service x4: the same with 4 concurrent clients, each its own robot_id, each sending --batches
-  batches (a fleet sends at once).
+  Request bodies are JSON-encoded before the clock starts, so the client's encoding is not counted;
+  the client is the standard library's ``http.client``, the least an HTTP client adds, so that the
+  figure is the service's.
+* service (httpx): the same through ``httpx``, the HTTP library of ``RobotClient``: what a robot
+  using our client sees (httpx adds ~0.5 ms of its own per request on this machine).
+* service x4: the same with 4 concurrent ``http.client`` clients, each its own robot_id, each
+  sending --batches batches (a fleet sends at once).
 
-The three are timed in alternating rounds (ABBA order) so that a noisy machine slows them alike;
+The four are timed in alternating rounds (ABBA order) so that a noisy machine slows them alike;
 the figures to read are the median per-round ratios service/raw. Goal: service >= 40 % of raw.
 
     PYTHONPATH=. .venv/bin/python bench/ingest.py                  # 6 rounds of 20 batches
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import importlib.metadata
 import json
 import os
@@ -44,7 +49,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -189,24 +195,62 @@ def start_service(data_dir: Path, task_file: Path, log: Path) -> tuple[subproces
     raise TimeoutError(f"the service was not ready after 120 s; see {log}")
 
 
-def post_all(client: httpx.Client, batches: Batches, latencies: list[float]) -> None:
+class Poster(Protocol):
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class StdlibPoster:
+    """A bare keep-alive HTTP/1.1 client (``http.client``): the least a client adds."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60.0)
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", path, body=body, headers={"content-type": "application/json"})
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class HttpxPoster:
+    """``httpx.Client``, as ``RobotClient`` sends."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(
+            base_url=url, headers={"content-type": "application/json"}, timeout=60.0
+        )
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        response = self.client.post(path, content=body)
+        return response.status_code, response.content
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def post_all(client: Poster, batches: Batches, latencies: list[float]) -> None:
     for body in batches.bodies:
         t0 = time.perf_counter()
-        r = client.post("/v1/transitions", content=body)
+        status, data = client.post("/v1/transitions", body)
         latencies.append(time.perf_counter() - t0)
-        if r.status_code != 200:
-            raise RuntimeError(f"POST /v1/transitions: {r.status_code} {r.text[:300]}")
-        got = r.json()
+        if status != 200:
+            raise RuntimeError(f"POST /v1/transitions: {status} {data[:300]!r}")
+        got = json.loads(data)
         if got != {"accepted": batches.size, "duplicates": 0}:
             raise RuntimeError(f"expected {batches.size} accepted, got {got}")
 
 
-def concurrent_post(clients: list[httpx.Client], work: list[Batches]) -> float:
+def concurrent_post(clients: list[Poster], work: list[Batches]) -> float:
     """Each client posts its batches in its own thread; returns the wall time of the slowest."""
     barrier = threading.Barrier(len(clients) + 1)
     errors: list[BaseException] = []
 
-    def run(client: httpx.Client, batches: Batches) -> None:
+    def run(client: Poster, batches: Batches) -> None:
         barrier.wait()
         try:
             post_all(client, batches, [])
@@ -291,8 +335,8 @@ def main() -> None:
     n, size = args.batches, args.batch_size
     raw = RawSQLite(work / "raw.sqlite")
     proc, url = start_service(work / "service", task_file, work / "service.log")
-    headers = {"content-type": "application/json"}
-    clients = [httpx.Client(base_url=url, headers=headers, timeout=60.0) for _ in range(CLIENTS)]
+    clients: list[Poster] = [StdlibPoster(url) for _ in range(CLIENTS)]
+    via_httpx = HttpxPoster(url)
     latencies: list[float] = []
     expected_raw = expected_service = 0
 
@@ -314,6 +358,15 @@ def main() -> None:
         expected_service += n * size
         return n * size / elapsed
 
+    def time_httpx(tag: str, n: int = n) -> float:
+        nonlocal expected_service
+        data = Batches(f"httpx-{tag}", n, size, rng)
+        t0 = time.perf_counter()
+        post_all(via_httpx, data, [])
+        elapsed = time.perf_counter() - t0
+        expected_service += n * size
+        return n * size / elapsed
+
     def time_fleet(tag: str, n: int = n) -> float:
         nonlocal expected_service
         data = [Batches(f"fleet-{tag}-c{i}", n, size, rng) for i in range(CLIENTS)]
@@ -324,6 +377,7 @@ def main() -> None:
     variants: dict[str, Callable[..., float]] = {
         "raw": time_raw,
         "service": time_service,
+        "service_httpx": time_httpx,
         f"service_x{CLIENTS}": time_fleet,
     }
     try:
@@ -331,7 +385,7 @@ def main() -> None:
         # (each fsync also commits a size change) until the first auto-checkpoint at 1000 pages
         # (~160 batches of 100); after that it is overwritten in place, as in a long-running store.
         # The 4 clients write to the same WAL as the single one: a short warm-up suffices.
-        warmup = {"raw": args.warmup, "service": args.warmup}
+        warmup = {"raw": args.warmup, "service": args.warmup, "service_httpx": 20}
         for name, fn in variants.items():
             fn(f"warmup-{name}", max(1, warmup.get(name, args.warmup // (4 * CLIENTS))))
         latencies.clear()
@@ -347,10 +401,10 @@ def main() -> None:
                 flush=True,
             )
 
-        status = clients[0].get("/v1/admin/status").json()
+        status = via_httpx.client.get("/v1/admin/status").json()
         stored_raw = raw.count()
     finally:
-        for c in clients:
+        for c in [*clients, via_httpx]:
             c.close()
         proc.terminate()
         try:
@@ -392,7 +446,7 @@ def main() -> None:
             f"{k:21s} {median[k]:9.0f} transitions/s  {ratios[k]:6.1%} of raw  "
             f"({per_batch[k]:.2f} ms per batch)"
         )
-    print(f"service batch round trip: median {p50:.1f} ms, p99 {p99:.1f} ms (1 client)")
+    print(f"service batch round trip: median {p50:.1f} ms, p99 {p99:.1f} ms (1 http.client client)")
     print(
         f"goal: >= {GOAL * 100:.0f} % of raw -> service {ratios['service']:.1%}: "
         + ("met" if met else "NOT met")

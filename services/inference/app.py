@@ -13,6 +13,7 @@ import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
@@ -37,6 +38,8 @@ from robot_sac.store import Store, open_store
 log = logging.getLogger("robot_sac.service")
 
 UPLOAD_PATH = "/v1/admin/policies"
+# Threads that append to the transition log: more than a few only wait on the same write lock.
+WRITER_THREADS = 4
 
 
 class BodyTooLarge(HTTPException):
@@ -180,6 +183,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
             settings.max_wait_ms / 1000.0,
             settings.inference_threads,
         )
+        writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="log-writer")
         tasks: list[asyncio.Task[None]] = []
         try:
             await anyio.to_thread.run_sync(st.ensure_initial_policy)
@@ -189,7 +193,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
                     "no registered policy version passes validation: "
                     + "; ".join(f"v{v}: {r}" for v, r in serving.refused.items())
                 )
-            app.state.robot_sac = AppState(settings, spec, st, metrics, serving, batcher)
+            app.state.robot_sac = AppState(settings, spec, st, metrics, serving, batcher, writers)
             tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(serving.watch())]
             # Start-up made many long-lived objects (torch, the app); keep the collector from
             # re-scanning them in a pause that would land on some robot's request.
@@ -208,6 +212,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             batcher.close()
+            writers.shutdown(wait=True)  # appends under way finish before the store closes
             serving.close()
             if own_store:
                 st.close()
