@@ -209,9 +209,20 @@ class StdlibPoster:
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60.0)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        self.conn.request("POST", path, body=body, headers={"content-type": "application/json"})
-        response = self.conn.getresponse()
-        return response.status, response.read()
+        for attempt in (1, 2):
+            try:
+                self.conn.request(
+                    "POST", path, body=body, headers={"content-type": "application/json"}
+                )
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (ConnectionError, http.client.RemoteDisconnected):
+                # uvicorn closes a connection idle for 5 s (while the other variants run); send
+                # again on a new one: a batch sent twice is stored once.
+                self.conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.conn.close()
@@ -439,7 +450,7 @@ def main() -> None:
     per_batch = {k: 1000 * size / v for k, v in median.items()}
     print(
         f"raw SQLite            {median['raw']:9.0f} transitions/s  "
-        f"({per_batch['raw']:.2f} ms per batch: mostly its fsync)"
+        f"({per_batch['raw']:.2f} ms per batch: its inserts and its fsync)"
     )
     for k in ratios:
         print(
@@ -448,8 +459,11 @@ def main() -> None:
         )
     print(f"service batch round trip: median {p50:.1f} ms, p99 {p99:.1f} ms (1 http.client client)")
     print(
-        f"goal: >= {GOAL * 100:.0f} % of raw -> service {ratios['service']:.1%}: "
+        f"goal: >= {GOAL * 100:.0f} % of raw -> service {ratios['service']:.1%} "
+        f"(one http.client client): "
         + ("met" if met else "NOT met")
+        + f"; through httpx {ratios['service_httpx']:.1%}, {CLIENTS} clients "
+        f"{ratios[f'service_x{CLIENTS}']:.1%}"
     )
 
     result = {

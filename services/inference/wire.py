@@ -27,8 +27,13 @@ _Float32 = Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 _Vector = Annotated[list[_Float32], msgspec.Meta(min_length=1, max_length=65_536)]
 
 
-class WireTransition(msgspec.Struct, forbid_unknown_fields=True):
-    """:class:`robot_sac.schemas.Transition`, field for field."""
+class WireTransition(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """:class:`robot_sac.schemas.Transition`, field for field.
+
+    ``gc=False``: a batch makes a hundred of these, and they hold only strings, numbers and lists
+    of floats, so they can never be part of a reference cycle; untracked, they cost the cyclic
+    garbage collector nothing.
+    """
 
     robot_id: _Identifier
     episode_id: _Identifier
