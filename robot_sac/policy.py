@@ -24,6 +24,7 @@ from typing import Any, get_args
 import numpy as np
 import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from robot_sac.config import PolicyFamily
@@ -144,7 +145,7 @@ def with_version(data: bytes, version: int) -> bytes:
     """The same version file with its metadata ``version`` rewritten (the registry numbers it)."""
     info = read_policy_info(data)
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = load_safetensors(data)  # raw tensors from bytes; safetensors never unpickles
     except Exception as exc:
         raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
     return safetensors.torch.save(tensors, metadata=replace(info, version=version).metadata())
@@ -395,7 +396,7 @@ def load_policy(
         raise PolicyFileError("sha256", f"expected {sha256}, the file hashes to {digest}")
     info = read_policy_info(data)
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error type for any corruption
         raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
     actor = Actor(
