@@ -360,6 +360,36 @@ def test_a_key_repeated_inside_a_batch_is_stored_once(store: Store) -> None:
     assert len(all_rows(store)) == 1
 
 
+def test_a_batch_longer_than_one_insert_statement_is_stored_whole_in_order(store: Store) -> None:
+    # 2,500 rows take three multi-row INSERTs; a key repeated across a statement boundary is
+    # still stored once, its first copy kept, and positions follow the order sent.
+    batch = [step(i, tag=float(i)) for i in range(2_500)]
+    batch.insert(1_001, step(999, tag=-1.0))  # a repeat of row 999, sent in the next statement
+    assert store.append(batch) == (2_500, 1)
+    rows = all_rows(store)
+    assert tags(rows) == [float(i) for i in range(2_500)]
+    assert np.all(np.diff(rows.position) > 0)
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="needs Python 3.11")
+def test_inserts_follow_sqlites_limit_on_parameters_per_statement(backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("SQLite's own limit")
+    with tempfile.TemporaryDirectory() as where:
+        store = open_backend(backend, SPEC, Path(where))
+        try:
+            assert isinstance(store, store_sqlite.SQLiteStore)
+            # This thread's connection is the one append writes with: 2 rows per statement.
+            store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * 11 + 10)
+            batch = [step(i % 5, tag=float(n)) for n, i in enumerate(range(13))]
+            assert store.append(batch) == (5, 8)
+            assert tags(all_rows(store)) == [0.0, 1.0, 2.0, 3.0, 4.0]  # the first copies
+            with pytest.raises(sqlite3.OperationalError, match="too many SQL variables"):
+                store._conn().execute(store_sqlite._insert_sql(3), [0] * 33)
+        finally:
+            store.close()
+
+
 def test_same_key_with_other_content_is_a_duplicate_and_the_first_write_wins(
     store: Store,
 ) -> None:
