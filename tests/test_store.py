@@ -264,6 +264,41 @@ def test_arrays_and_lists_are_stored_as_the_same_float32_bytes(make_store: MakeS
     np.testing.assert_array_equal(bits(ra.next_obs), bits(rb.next_obs))
 
 
+def as_bytes(t: Step) -> Step:
+    """``t`` with its vectors as little-endian float32 bytes, as a MessagePack body has them."""
+    return dataclasses.replace(
+        t, **{n: np.asarray(getattr(t, n), "<f4").tobytes() for n in ("obs", "action", "next_obs")}
+    )
+
+
+def test_bytes_vectors_are_stored_as_the_same_float32_bytes(make_store: MakeStore) -> None:
+    rng = np.random.default_rng(4)
+    obs = (rng.standard_normal((6, 3)) * np.asarray([1.0, 1e-30, 1e30])).tolist()
+    as_lists = [step(i, obs=obs[i], next_obs=[0.0, -0.0, float(i)]) for i in range(6)]
+    packed = [as_bytes(t) for t in as_lists]
+    mixed = [as_bytes(t) if i % 2 else t for i, t in enumerate(as_lists)]  # the numpy path
+    stores = [make_store(name=n) for n in ("lists", "bytes", "mixed")]
+    for st_, batch in zip(stores, (as_lists, packed, mixed), strict=True):
+        assert st_.append(batch) == (6, 0)
+    reference = all_rows(stores[0])
+    np.testing.assert_array_equal(bits(reference.obs), bits(np.asarray(obs, np.float32)))
+    for other in stores[1:]:
+        rows = all_rows(other)
+        for name in ("obs", "action", "next_obs"):
+            np.testing.assert_array_equal(bits(getattr(rows, name)), bits(getattr(reference, name)))
+    # A retry in the other form is the same key.
+    assert stores[0].append(packed) == (0, 6)
+
+
+@pytest.mark.parametrize("bad", ["obs_bytes_too_short", "obs_bytes_nan", "action_bytes_inf"])
+def test_a_bad_bytes_vector_in_an_all_bytes_batch_is_named(store: Store, bad: str) -> None:
+    batch = [as_bytes(step(i)) for i in range(2)]
+    batch.append(dataclasses.replace(as_bytes(step(2)), **BAD_FIELDS[bad]))
+    with pytest.raises(ValueError, match="r0/e0/2"):
+        store.append(batch)
+    assert store.transition_count() == 0
+
+
 def test_read_after_pages_through_every_row_once_in_order(store: Store) -> None:
     sizes = [7, 1, 12, 5]
     tag = itertools.count()
@@ -496,6 +531,14 @@ BAD_FIELDS = {
     "reward_nan": {"reward": NAN},
     "reward_inf": {"reward": INF},
     "reward_minus_inf": {"reward": -INF},
+    # vectors given as float32 bytes (a MessagePack body)
+    "obs_bytes_too_short": {"obs": np.zeros(2, "<f4").tobytes()},
+    "obs_bytes_not_whole_floats": {"obs": b"\x00" * 11},
+    "obs_bytes_empty": {"obs": b""},
+    "action_bytes_too_long": {"action": np.zeros(3, "<f4").tobytes()},
+    "obs_bytes_nan": {"obs": np.asarray([0.0, NAN, 0.0], "<f4").tobytes()},
+    "action_bytes_inf": {"action": np.asarray([INF, 0.0], "<f4").tobytes()},
+    "next_obs_bytes_minus_inf": {"next_obs": np.asarray([0.0, 0.0, -INF], "<f4").tobytes()},
 }
 
 

@@ -28,15 +28,18 @@ class StoreError(RuntimeError):
 
 
 class TransitionLike(Protocol):
-    """Anything with the fields of :class:`robot_sac.schemas.Transition`."""
+    """Anything with the fields of :class:`robot_sac.schemas.Transition`.
+
+    A vector may also be ``bytes``: its values as little-endian float32, as the log stores them.
+    """
 
     robot_id: str
     episode_id: str
     step: int
-    obs: Sequence[float]
-    action: Sequence[float]
+    obs: Sequence[float] | bytes
+    action: Sequence[float] | bytes
     reward: float
-    next_obs: Sequence[float]
+    next_obs: Sequence[float] | bytes
     terminated: bool
     truncated: bool
     policy_version: int | None
@@ -257,16 +260,23 @@ def check_fingerprint(stored: str, spec: TaskSpec, where: str) -> None:
 
 def _vectors(transitions: Sequence[TransitionLike], name: str, width: int) -> np.ndarray:
     """One field of every transition as a float32 ``(N, width)`` array, checked."""
+    for t in transitions:
+        vector = getattr(t, name)
+        if isinstance(vector, bytes) and len(vector) != 4 * width:
+            raise ValueError(
+                f"transition {t.robot_id}/{t.episode_id}/{t.step}: {name} has {len(vector)} "
+                f"bytes, the task's have {width} float32 values ({4 * width} bytes)"
+            )
     try:
         with np.errstate(over="ignore"):  # overflow to inf is what the check below refuses
-            array = np.asarray([getattr(t, name) for t in transitions], dtype="<f4")
+            array = np.asarray([_as_values(getattr(t, name)) for t in transitions], dtype="<f4")
     except ValueError:  # ragged: some row has another length
         array = np.zeros((0, 0), "<f4")
     if array.shape != (len(transitions), width):
-        bad = next(t for t in transitions if len(getattr(t, name)) != width)
+        bad = next(t for t in transitions if len(_as_values(getattr(t, name))) != width)
         raise ValueError(
             f"transition {bad.robot_id}/{bad.episode_id}/{bad.step}: {name} has "
-            f"{len(getattr(bad, name))} values, the task's have {width}"
+            f"{len(_as_values(getattr(bad, name)))} values, the task's have {width}"
         )
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
@@ -278,6 +288,10 @@ def _vectors(transitions: Sequence[TransitionLike], name: str, width: int) -> np
     return array
 
 
+def _as_values(vector: Sequence[float] | bytes) -> Any:
+    return np.frombuffer(vector, "<f4") if isinstance(vector, bytes) else vector
+
+
 def _packer(width: int) -> Callable[..., bytes]:
     return struct.Struct(f"<{width}f").pack
 
@@ -287,15 +301,16 @@ def encode_rows(
 ) -> list[tuple[Any, ...]]:
     """Transitions as row tuples for the transitions table, vectors as float32 bytes.
 
-    This is the ingest hot path. Lists of floats (what the service's parser gives) are packed
-    straight to float32 bytes, a few times faster than going through numpy, and the whole batch is
-    then checked finite in one vectorised pass; anything else (arrays, tensors) goes through numpy.
+    This is the ingest hot path. Vectors already in float32 bytes (a MessagePack body) are
+    stored as they are; lists of floats (a JSON body) are packed straight to float32 bytes, a few
+    times faster than going through numpy. Either way the whole batch is then checked finite in
+    one vectorised pass; anything else (arrays, tensors, a mixture) goes through numpy.
     """
     if not transitions:
         return []
     now = time.time() if received_at is None else received_at
     try:
-        packed = _pack_lists(transitions, spec)
+        packed = _packed_bytes(transitions, spec) or _pack_lists(transitions, spec)
     except (struct.error, TypeError, OverflowError):
         packed = None  # not plain lists of the right lengths, or out of float32's range
     if packed is None:
@@ -333,6 +348,32 @@ def encode_rows(
             )
         )
     return rows
+
+
+def _packed_bytes(
+    transitions: Sequence[TransitionLike], spec: TaskSpec
+) -> tuple[list[bytes], list[bytes], list[bytes]] | None:
+    """The three vectors of every transition if all are float32 bytes of the task's lengths and
+    finite, else None (the caller's slower paths then name what is wrong)."""
+    obs_bytes, action_bytes = 4 * spec.obs_dim, 4 * spec.action_dim
+    obs, action, next_obs = [], [], []
+    for t in transitions:
+        o, a, n = t.obs, t.action, t.next_obs
+        if not (
+            type(o) is bytes
+            and type(a) is bytes
+            and type(n) is bytes
+            and len(o) == obs_bytes
+            and len(a) == action_bytes
+            and len(n) == obs_bytes
+        ):
+            return None
+        obs.append(o)
+        action.append(a)
+        next_obs.append(n)
+    if not np.isfinite(np.frombuffer(b"".join(obs + action + next_obs), "<f4")).all():
+        return None
+    return obs, action, next_obs
 
 
 def _pack_lists(
