@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from fastapi import HTTPException
@@ -23,13 +22,20 @@ from robot_sac.services.inference.deps import AppState
 from robot_sac.services.inference.routers.act import ACT, ACT_BATCH, answer
 from robot_sac.services.inference.routers.transitions import TRANSITIONS, ingest
 
-Handler = Callable[[AppState, "str | None", bytes], Awaitable[bytes]]
+# (state, Authorization header, body, Content-Type header) -> the JSON answer's bytes
+Handler = Callable[[AppState, "str | None", bytes, "str | None"], Awaitable[bytes]]
 
-HANDLERS: dict[str, Handler] = {
-    ACT: partial(answer, path=ACT),
-    ACT_BATCH: partial(answer, path=ACT_BATCH),
-    TRANSITIONS: ingest,
-}
+
+def _act(path: str) -> Handler:
+    async def handle(
+        state: AppState, authorization: str | None, body: bytes, content_type: str | None
+    ) -> bytes:
+        return await answer(state, authorization, body, path)  # act bodies are JSON only
+
+    return handle
+
+
+HANDLERS: dict[str, Handler] = {ACT: _act(ACT), ACT_BATCH: _act(ACT_BATCH), TRANSITIONS: ingest}
 
 
 class FastPath:
@@ -56,13 +62,15 @@ class FastPath:
             message = await receive()
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        authorization = None
+        authorization = content_type = None
         for key, value in scope["headers"]:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
         headers = [(b"content-type", b"application/json")]
         try:
-            data = await handler(state, authorization, b"".join(chunks))
+            data = await handler(state, authorization, b"".join(chunks), content_type)
             status = 200
         except HTTPException as exc:
             status, data = exc.status_code, json.dumps({"detail": exc.detail}).encode()

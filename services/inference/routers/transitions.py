@@ -8,35 +8,68 @@ and by the FastAPI route below (which documents it) when that is off. Both run :
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from robot_sac.schemas import TransitionsResponse
 from robot_sac.services.inference.deps import AppState, check_robot
-from robot_sac.services.inference.wire import read_transitions
+from robot_sac.services.inference.wire import (
+    NotMessagePack,
+    is_msgpack,
+    read_packed_transitions,
+    read_transitions,
+)
 from robot_sac.store import StoreError
 
 router = APIRouter(prefix="/v1", tags=["transitions"])
 TRANSITIONS = "/v1/transitions"
 
 
-async def ingest(state: AppState, authorization: str | None, body: bytes) -> bytes:
+def _values(vector: Sequence[float] | bytes) -> float:
+    """How many values a vector holds: float32 bytes hold 4 bytes each (a fraction if the length
+    is not a multiple of 4, which then matches no task)."""
+    return len(vector) / 4 if isinstance(vector, bytes) else len(vector)
+
+
+def _length_error(vector: Sequence[float] | bytes, want: int) -> str:
+    if isinstance(vector, bytes):
+        return f"has {len(vector)} bytes; the task's have {want} float32 values ({4 * want} bytes)"
+    return f"has {len(vector)} values; the task's have {want}"
+
+
+async def ingest(
+    state: AppState, authorization: str | None, body: bytes, content_type: str | None = None
+) -> bytes:
     """Append the transitions in ``body``; the JSON answer's bytes, once they are on disk.
 
-    Raises ``HTTPException`` or pydantic's ``ValidationError`` for anything the client got wrong.
+    ``body`` is JSON, or MessagePack when ``content_type`` says so (see
+    :mod:`robot_sac.services.inference.wire`). Raises ``HTTPException`` or pydantic's
+    ``ValidationError`` for anything the client got wrong.
     """
     check_robot(state.settings, authorization)
+    packed = is_msgpack(content_type)
     if not body:
-        raise HTTPException(422, "the request needs a JSON body")
-    transitions = read_transitions(body)
+        raise HTTPException(422, f"the request needs a {'MessagePack' if packed else 'JSON'} body")
+    if packed:
+        try:
+            transitions = read_packed_transitions(body)
+        except NotMessagePack as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+    else:
+        transitions = read_transitions(body)
     obs_dim, action_dim = state.spec.obs_dim, state.spec.action_dim
     for i, t in enumerate(transitions):
-        if len(t.obs) != obs_dim or len(t.action) != action_dim or len(t.next_obs) != obs_dim:
+        if (
+            _values(t.obs) != obs_dim
+            or _values(t.action) != action_dim
+            or _values(t.next_obs) != obs_dim
+        ):
             for name, want in (("obs", obs_dim), ("action", action_dim), ("next_obs", obs_dim)):
-                got = len(getattr(t, name))
-                if got != want:
+                vector = getattr(t, name)
+                if _values(vector) != want:
                     raise HTTPException(
-                        422, f"transitions[{i}].{name} has {got} values; the task's have {want}"
+                        422, f"transitions[{i}].{name} {_length_error(vector, want)}"
                     )
     try:
         accepted, duplicates = await asyncio.get_running_loop().run_in_executor(
@@ -58,7 +91,13 @@ async def ingest(state: AppState, authorization: str | None, body: bytes) -> byt
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/TransitionsRequest"}}
+                "application/json": {"schema": {"$ref": "#/components/schemas/TransitionsRequest"}},
+                "application/msgpack": {
+                    "schema": {
+                        "description": "The same object as MessagePack; obs, action and "
+                        "next_obs may each be a bin of little-endian float32 values."
+                    }
+                },
             },
         }
     },
@@ -67,9 +106,13 @@ async def log_transitions(request: Request) -> Response:
     """Append transitions; the answer comes only once they are on disk.
 
     ``(robot_id, episode_id, step)`` is the idempotency key: a retried batch is a success, its
-    transitions counted as duplicates and stored once.
+    transitions counted as duplicates and stored once. The body is JSON, or MessagePack with
+    ``Content-Type: application/msgpack`` (vectors may then be float32 bytes).
     """
     data = await ingest(
-        request.app.state.robot_sac, request.headers.get("authorization"), await request.body()
+        request.app.state.robot_sac,
+        request.headers.get("authorization"),
+        await request.body(),
+        request.headers.get("content-type"),
     )
     return Response(data, media_type="application/json")
