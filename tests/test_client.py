@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -137,3 +139,67 @@ def test_operator_token_reads_status(secured_service: ThreadService):
     with RobotClient(secured_service.url, "ops", token=OPERATOR_TOKEN) as client:
         status = client.status()
         assert status["served_version"] == 0 and status["task"]["obs_dim"] == 17
+
+
+def test_both_body_formats_store_the_same_float32_values(service: ThreadService):
+    obs = [0.1 * i - 0.7 for i in range(17)]
+    action = [1 / 3, -0.2, 0.0, 0.5, -1.0, 1.0]
+    for robot_id, body_format in (("packed", "msgpack"), ("plain", "json")):
+        sent_as: list[str] = []
+        with RobotClient(service.url, robot_id, body_format=body_format) as robot:
+            robot._sender_http.event_hooks["request"].append(
+                lambda request, seen=sent_as: seen.append(request.headers["content-type"])
+            )
+            for step in range(3):
+                robot.log("ep", step, obs, action, 0.5, obs[::-1], False, step == 2, 0)
+        assert robot.sent == 3
+        assert sent_as and set(sent_as) == {f"application/{body_format}"}
+    db = sqlite3.connect(service.data_dir / "store.sqlite")
+    rows = {
+        (r, s): (o, a, n)
+        for r, s, o, a, n in db.execute(
+            "SELECT robot_id, step, obs, action, next_obs FROM transitions"
+        )
+    }
+    db.close()
+    assert len(rows) == 6
+    expected = (
+        struct.pack("<17f", *obs),
+        struct.pack("<6f", *action),
+        struct.pack("<17f", *obs[::-1]),
+    )
+    for step in range(3):
+        assert rows[("packed", step)] == rows[("plain", step)] == expected
+    text = httpx.get(f"{service.url}/metrics").text
+    assert 'route="/v1/transitions",status="200"' in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("obs", float("nan")), ("action", float("inf")), ("next_obs", 1e39), ("reward", 1e39)],
+)
+def test_log_refuses_what_the_service_would_refuse_at_once(field: str, value: float):
+    port = free_port()  # nothing listens: the refusal must come before any sending
+    robot = RobotClient(f"http://127.0.0.1:{port}", "arm-1")
+    try:
+        fields: dict[str, Any] = {"obs": OBS, "action": ACTION, "next_obs": OBS, "reward": 0.0}
+        fields[field] = value if field == "reward" else [value, *fields[field][1:]]
+        with pytest.raises(ValueError, match=field):
+            robot.log(
+                "ep",
+                0,
+                fields["obs"],
+                fields["action"],
+                fields["reward"],
+                fields["next_obs"],
+                False,
+                False,
+            )
+        assert robot.pending == 0
+    finally:
+        robot.close(timeout_s=0.1)
+
+
+def test_an_unknown_body_format_is_refused():
+    with pytest.raises(ValueError, match="body_format"):
+        RobotClient("http://127.0.0.1:1", "arm-1", body_format="xml")  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The dependency rules of the architecture, checked in fresh interpreters.
 
 The core imports no web framework, simulator or Gymnasium; a robot's computer needs no torch for
-the schemas (and, later, the client); the CLI reaches services and sim only inside its commands.
+the schemas and the client (which needs no numpy or pydantic either); the CLI reaches services
+and sim only inside its commands.
 """
 
 from __future__ import annotations
@@ -53,9 +54,15 @@ def test_cli_does_not_import_services_or_sim_at_import_time():
 
 
 def test_robot_side_modules_import_no_torch():
-    for module in ("robot_sac.schemas", "robot_sac.config"):
+    for module in ("robot_sac.schemas", "robot_sac.config", "robot_sac.client"):
         loaded = loaded_after_import(module)
         assert "torch" not in loaded, f"{module} imports torch"
+
+
+def test_the_robot_client_needs_only_httpx_and_msgspec():
+    loaded = loaded_after_import("robot_sac.client")
+    assert not loaded & {"numpy", "pydantic", "torch"}, sorted(loaded & {"numpy", "pydantic"})
+    assert {"httpx", "msgspec"} <= loaded
 
 
 def test_sim_uses_only_schemas_of_the_core():
