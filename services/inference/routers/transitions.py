@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from robot_sac.schemas import TransitionsResponse
+from robot_sac.schemas import TaskSpec, TransitionsResponse
 from robot_sac.services.inference.deps import AppState, check_robot
 from robot_sac.services.inference.wire import (
     NotMessagePack,
@@ -21,6 +21,7 @@ from robot_sac.services.inference.wire import (
     read_transitions,
 )
 from robot_sac.store import StoreError
+from robot_sac.store.base import TransitionLike
 
 router = APIRouter(prefix="/v1", tags=["transitions"])
 TRANSITIONS = "/v1/transitions"
@@ -32,10 +33,21 @@ def _values(vector: Sequence[float] | bytes) -> float:
     return len(vector) / 4 if isinstance(vector, bytes) else len(vector)
 
 
-def _length_error(vector: Sequence[float] | bytes, want: int) -> str:
-    if isinstance(vector, bytes):
-        return f"has {len(vector)} bytes; the task's have {want} float32 values ({4 * want} bytes)"
-    return f"has {len(vector)} values; the task's have {want}"
+def _wrong_length(transitions: Sequence[TransitionLike], spec: TaskSpec) -> str | None:
+    """Which vector of which transition has a length other than the task's, in words."""
+    widths = (("obs", spec.obs_dim), ("action", spec.action_dim), ("next_obs", spec.obs_dim))
+    for i, t in enumerate(transitions):
+        for name, want in widths:
+            vector = getattr(t, name)
+            if _values(vector) == want:
+                continue
+            if isinstance(vector, bytes):
+                return (
+                    f"transitions[{i}].{name} has {len(vector)} bytes; the task's have {want} "
+                    f"float32 values ({4 * want} bytes)"
+                )
+            return f"transitions[{i}].{name} has {len(vector)} values; the task's have {want}"
+    return None
 
 
 async def ingest(
@@ -58,27 +70,16 @@ async def ingest(
             raise HTTPException(exc.status, str(exc)) from exc
     else:
         transitions = read_transitions(body)
-    obs_dim, action_dim = state.spec.obs_dim, state.spec.action_dim
-    for i, t in enumerate(transitions):
-        if (
-            _values(t.obs) != obs_dim
-            or _values(t.action) != action_dim
-            or _values(t.next_obs) != obs_dim
-        ):
-            for name, want in (("obs", obs_dim), ("action", action_dim), ("next_obs", obs_dim)):
-                vector = getattr(t, name)
-                if _values(vector) != want:
-                    raise HTTPException(
-                        422, f"transitions[{i}].{name} {_length_error(vector, want)}"
-                    )
     try:
+        # The store checks every vector's length and values (in the writer thread, off the
+        # event loop); only a refused batch is searched for a message that names the index.
         accepted, duplicates = await asyncio.get_running_loop().run_in_executor(
             state.writers, state.store.append, transitions
         )
     except StoreError as exc:
         raise HTTPException(503, f"the transition log is unavailable: {exc}") from exc
-    except ValueError as exc:  # the store's own checks, behind the schema's
-        raise HTTPException(422, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(422, _wrong_length(transitions, state.spec) or str(exc)) from exc
     state.metrics.transitions_accepted.inc(accepted)
     state.metrics.transitions_duplicates.inc(duplicates)
     return TransitionsResponse(accepted=accepted, duplicates=duplicates).model_dump_json().encode()
