@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from robot_sac.schemas import FLOAT32_MAX, Transition, TransitionsRequest
 from robot_sac.services.inference.wire import (
+    JSON_BODY,
     VECTOR_FIELDS,
     NotMessagePack,
     WireTransition,
@@ -101,7 +102,7 @@ def pydantic_reading(body: bytes) -> list[dict[str, Any]] | None:
 
 def msgspec_reading(body: bytes) -> list[dict[str, Any]] | None:
     try:
-        decoded = msgspec.json.decode(body, type=WireTransitions)
+        decoded = msgspec.json.decode(body, type=JSON_BODY)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     return [msgspec.structs.asdict(t) for t in decoded.transitions]

@@ -16,7 +16,7 @@ float32 bytes. They are judged by the same schema.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 import numpy as np
@@ -31,31 +31,37 @@ _Float32 = Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 _Vector = Annotated[list[_Float32], msgspec.Meta(min_length=1, max_length=65_536)]
 
 
-class WireTransition(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """:class:`robot_sac.schemas.Transition`, field for field.
+V = TypeVar("V")
 
-    ``gc=False``: a batch makes a hundred of these, and they hold only strings, numbers and lists
-    of floats, so they can never be part of a reference cycle; untracked, they cost the cyclic
-    garbage collector nothing.
+
+class WireTransition(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=False):
+    """:class:`robot_sac.schemas.Transition`, field for field; ``V`` is the vectors' type.
+
+    ``gc=False``: a batch makes a hundred of these, and they hold only strings, numbers, bytes and
+    lists of floats, so they can never be part of a reference cycle; untracked, they cost the
+    cyclic garbage collector nothing.
     """
 
     robot_id: _Identifier
     episode_id: _Identifier
     step: _Count
-    obs: _Vector
-    action: _Vector
+    obs: V
+    action: V
     reward: _Float32
-    next_obs: _Vector
+    next_obs: V
     terminated: bool
     truncated: bool
     policy_version: _Count | None = None
 
 
-class WireTransitions(msgspec.Struct, forbid_unknown_fields=True):
-    transitions: Annotated[list[WireTransition], msgspec.Meta(min_length=1, max_length=10_000)]
+class WireTransitions(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
+    transitions: Annotated[list[WireTransition[V]], msgspec.Meta(min_length=1, max_length=10_000)]
 
 
-_decoder = msgspec.json.Decoder(WireTransitions)
+# A JSON body's vectors are lists of floats; a MessagePack body's may also be float32 bytes.
+JSON_BODY = WireTransitions[_Vector]
+PACKED_BODY = WireTransitions[bytes | _Vector]
+_decoder = msgspec.json.Decoder(JSON_BODY)
 
 
 def read_transitions(body: bytes) -> Sequence[TransitionLike]:
@@ -81,29 +87,7 @@ def read_transitions(body: bytes) -> Sequence[TransitionLike]:
 MSGPACK_TYPES = frozenset(
     {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 )
-_PackedVector = bytes | _Vector
-
-
-class PackedTransition(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """:class:`WireTransition` with vectors that may be float32 bytes."""
-
-    robot_id: _Identifier
-    episode_id: _Identifier
-    step: _Count
-    obs: _PackedVector
-    action: _PackedVector
-    reward: _Float32
-    next_obs: _PackedVector
-    terminated: bool
-    truncated: bool
-    policy_version: _Count | None = None
-
-
-class PackedTransitions(msgspec.Struct, forbid_unknown_fields=True):
-    transitions: Annotated[list[PackedTransition], msgspec.Meta(min_length=1, max_length=10_000)]
-
-
-_packed_decoder = msgspec.msgpack.Decoder(PackedTransitions)
+_packed_decoder = msgspec.msgpack.Decoder(PACKED_BODY)
 VECTOR_FIELDS = ("obs", "action", "next_obs")
 
 
