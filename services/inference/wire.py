@@ -91,8 +91,8 @@ _packed_decoder = msgspec.msgpack.Decoder(PACKED_BODY)
 VECTOR_FIELDS = ("obs", "action", "next_obs")
 
 
-class NotMessagePack(ValueError):
-    """The body is not MessagePack at all (a 400, as malformed JSON is), or holds no map (422)."""
+class PackedBodyError(ValueError):
+    """A body that is not MessagePack at all (400, as malformed JSON is) or holds no map (422)."""
 
     def __init__(self, detail: str, status: int = 400) -> None:
         super().__init__(detail)
@@ -112,22 +112,22 @@ def read_packed_transitions(body: bytes) -> Sequence[TransitionLike]:
     values, the task's) and finiteness are checked by the caller and the store, where the task is
     known. Anything else that is wrong raises pydantic's ``ValidationError``, exactly as the same
     object sent as JSON would (bytes vectors read as their float32 values), or
-    :class:`NotMessagePack`.
+    :class:`PackedBodyError`.
     """
     try:
         return _packed_decoder.decode(body).transitions
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
-        raise NotMessagePack(f"the request body is not valid MessagePack ({exc})") from exc
+        raise PackedBodyError(f"the request body is not valid MessagePack ({exc})") from exc
     # As for JSON, what msgspec refuses is judged by the schema of record, so the answer (status
     # and message) is the one the same object would get as JSON.
     try:
         data = msgspec.msgpack.decode(body)
     except msgspec.DecodeError as exc:  # e.g. a map key msgspec cannot hold in a dict
-        raise NotMessagePack(f"the request body is not valid MessagePack ({exc})") from exc
+        raise PackedBodyError(f"the request body is not valid MessagePack ({exc})") from exc
     if not isinstance(data, dict):
-        raise NotMessagePack("the body must be a MessagePack map with a 'transitions' array", 422)
+        raise PackedBodyError("the body must be a MessagePack map with a 'transitions' array", 422)
     items = data.get("transitions")
     for item in items if isinstance(items, list) else ():
         for name in VECTOR_FIELDS:

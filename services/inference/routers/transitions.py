@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from robot_sac.schemas import TaskSpec, TransitionsResponse
 from robot_sac.services.inference.deps import AppState, check_robot
 from robot_sac.services.inference.wire import (
-    NotMessagePack,
+    PackedBodyError,
     is_msgpack,
     read_packed_transitions,
     read_transitions,
@@ -66,7 +66,7 @@ async def ingest(
     if packed:
         try:
             transitions = read_packed_transitions(body)
-        except NotMessagePack as exc:
+        except PackedBodyError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
     else:
         transitions = read_transitions(body)
