@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import HTTPException
@@ -26,16 +27,11 @@ from robot_sac.services.inference.routers.transitions import TRANSITIONS, ingest
 Handler = Callable[[AppState, "str | None", bytes, "str | None"], Awaitable[bytes]]
 
 
-def _act(path: str) -> Handler:
-    async def handle(
-        state: AppState, authorization: str | None, body: bytes, content_type: str | None
-    ) -> bytes:
-        return await answer(state, authorization, body, path)  # act bodies are JSON only
-
-    return handle
-
-
-HANDLERS: dict[str, Handler] = {ACT: _act(ACT), ACT_BATCH: _act(ACT_BATCH), TRANSITIONS: ingest}
+HANDLERS: dict[str, Handler] = {
+    ACT: partial(answer, path=ACT),
+    ACT_BATCH: partial(answer, path=ACT_BATCH),
+    TRANSITIONS: ingest,
+}
 
 
 class FastPath:

@@ -32,8 +32,17 @@ def _obs_array(rows: list[list[float]], obs_dim: int, single: bool) -> np.ndarra
     return np.asarray(rows, dtype=np.float32)
 
 
-async def answer(state: AppState, authorization: str | None, body: bytes, path: str = ACT) -> bytes:
+async def answer(
+    state: AppState,
+    authorization: str | None,
+    body: bytes,
+    content_type: str | None = None,
+    path: str = ACT,
+) -> bytes:
     """The work of both act endpoints; the JSON answer's bytes.
+
+    ``content_type`` is not read: act bodies are JSON whatever it says (the argument is there so
+    that every hot route has one signature, see ``fast_path.HANDLERS``).
 
     Raises ``HTTPException`` or pydantic's ``ValidationError`` for anything the client got wrong.
     """
@@ -70,7 +79,10 @@ def _body_schema(model: type) -> dict[str, Any]:
 async def act(request: Request) -> Response:
     """One action for one observation, in robot units, finite and inside the task's bounds."""
     data = await answer(
-        request.app.state.robot_sac, request.headers.get("authorization"), await request.body(), ACT
+        request.app.state.robot_sac,
+        request.headers.get("authorization"),
+        await request.body(),
+        path=ACT,
     )
     return Response(data, media_type="application/json")
 
@@ -86,6 +98,6 @@ async def act_batch(request: Request) -> Response:
         request.app.state.robot_sac,
         request.headers.get("authorization"),
         await request.body(),
-        ACT_BATCH,
+        path=ACT_BATCH,
     )
     return Response(data, media_type="application/json")
