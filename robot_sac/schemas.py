@@ -34,6 +34,19 @@ class TaskSpec(BaseModel):
         description="An episode whose last reward is at least this counts as a success "
         "(reported per policy version); None: the task has no notion of success.",
     )
+    obs_bound: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="If set, the largest magnitude an observation value may have: a transition "
+        "whose obs or next_obs holds a value beyond it is refused at ingest (422). A glitching "
+        "sensor's 3.4e38 is finite, but it would poison learning.",
+    )
+    reward_bound: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="If set, the largest magnitude a reward may have; beyond it a transition is "
+        "refused at ingest (422).",
+    )
     sac: SACConfig = SACConfig()
 
     @model_validator(mode="after")
