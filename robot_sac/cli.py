@@ -181,11 +181,20 @@ def _task(env: str | None, task: Path | None):  # type: ignore[no-untyped-def]
 
 def _settings(**flags: object):  # type: ignore[no-untyped-def]
     """Settings from ROBOT_SAC_* variables, with the flags that were given on top."""
+    from pydantic import ValidationError
+
     from robot_sac.settings import Settings
 
-    base = Settings()
-    given = {k: v for k, v in flags.items() if v is not None}
-    return Settings.model_validate({**base.model_dump(), **given}) if given else base
+    try:
+        base = Settings()
+        given = {k: v for k, v in flags.items() if v is not None}
+        return Settings.model_validate({**base.model_dump(), **given}) if given else base
+    except ValidationError as exc:  # one line per problem, not pydantic's report
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()))
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            typer.echo(f"error: {where + ': ' if where else ''}{message}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -224,6 +233,7 @@ def serve(
     import uvicorn
 
     from robot_sac.services.inference import create_app
+    from robot_sac.services.inference.server import server_config
 
     spec = _task(env, task)
     settings = _settings(
@@ -252,13 +262,11 @@ def serve(
         f"robot_sac service for {spec.name} on http://{settings.host}:{settings.port} "
         "(API docs at /docs)"
     )
-    uvicorn.run(
-        create_app(settings, spec),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level.lower(),
-        access_log=False,
-    )
+    for warning in settings.token_warnings():
+        typer.echo(f"warning: {warning}", err=True)
+    uvicorn.Server(
+        server_config(create_app(settings, spec), settings, log_level=log_level.lower())
+    ).run()
 
 
 @app.command()

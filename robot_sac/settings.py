@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A token shorter than this is guessable; secrets.token_urlsafe() makes a good one (43 characters).
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -38,10 +41,64 @@ class Settings(BaseSettings):
         "arrive while a pass runs are batched anyway, so 0 keeps a lone robot's latency lowest.",
     )
     max_body_bytes: int = Field(
-        default=8 * 2**20, ge=1024, description="Largest JSON request body."
+        default=2**20,
+        ge=1024,
+        description="Largest /v1/transitions body (and of any other route not named below). 1 MiB "
+        "holds 1,000 transitions of 17 observations as JSON; a body is parsed on the event loop, "
+        "so its size bounds how long one request can delay the others.",
+    )
+    max_act_body_bytes: int = Field(
+        default=64 * 2**10, ge=1024, description="Largest /v1/act body (one observation)."
+    )
+    max_act_batch_body_bytes: int = Field(
+        default=2**20, ge=1024, description="Largest /v1/act/batch body."
     )
     max_upload_bytes: int = Field(
         default=256 * 2**20, ge=1024, description="Largest policy upload."
+    )
+    body_timeout_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=600.0,
+        description="A request body must arrive whole within this time (408 after it); a slow "
+        "sender cannot hold a connection and its buffers.",
+    )
+    upload_timeout_s: float = Field(
+        default=120.0, gt=0.0, le=3600.0, description="The same for a policy upload."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=600.0,
+        description="A connection must deliver a request's headers within this time of opening "
+        "(or of its previous answer), or it is closed.",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections the server keeps; one more is closed at once.",
+    )
+    rate_limit_per_s: float = Field(
+        default=10_000.0,
+        ge=0.0,
+        description="Requests per second one token may make (0: no limit); beyond it 429 with "
+        "Retry-After. Every robot of a fleet shares the robot token, so size it for the fleet.",
+    )
+    rate_limit_burst: int = Field(
+        default=5_000, ge=1, description="Requests a token may make at once above the rate."
+    )
+    max_queued_acts: int = Field(
+        default=4096,
+        ge=1,
+        description="Observations waiting for a forward pass; beyond it an act is answered 503 "
+        "at once instead of waiting without bound.",
+    )
+    store_wait_s: float = Field(
+        default=2.0,
+        gt=0.0,
+        le=60.0,
+        description="How long a request waits for a busy store before it is answered 503 with "
+        "Retry-After (acts go on from the loaded policy meanwhile).",
     )
     policy_poll_s: float = Field(default=0.05, gt=0.0, le=1.0, description="Registry poll period.")
     fast_path: bool = Field(
@@ -66,6 +123,40 @@ class Settings(BaseSettings):
         "torch's threads spin while they wait, so an oversubscribed core stalls everyone).",
     )
     cuda_graphs: bool = Field(default=True, description="Capture the update as a CUDA graph.")
+
+    @model_validator(mode="after")
+    def _check_tokens(self) -> Settings:
+        robot, operator = self.robot_token, self.operator_token
+        for name, token in (("robot_token", robot), ("operator_token", operator)):
+            if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"{name} is empty or shorter than {MIN_TOKEN_LENGTH} characters: use a long "
+                    "random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
+                )
+        if (
+            robot is not None
+            and operator is not None
+            and robot.get_secret_value() == operator.get_secret_value()
+        ):
+            raise ValueError(
+                "robot_token and operator_token are the same: a robot could then hold, pin and "
+                "upload; give the operator a token of its own"
+            )
+        return self
+
+    def token_warnings(self) -> list[str]:
+        """What a service with these tokens should warn about at start-up."""
+        if self.robot_token is not None and self.operator_token is None:
+            return [
+                "only a robot token is set: nobody can use /v1/admin (hold, pin, pause); set "
+                "ROBOT_SAC_OPERATOR_TOKEN"
+            ]
+        if self.operator_token is not None and self.robot_token is None:
+            return [
+                "only an operator token is set: robots must use the operator token, which can "
+                "also hold, pin and upload; set ROBOT_SAC_ROBOT_TOKEN"
+            ]
+        return []
 
     @property
     def auth_enabled(self) -> bool:

@@ -18,6 +18,7 @@ import uvicorn
 
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference import create_app
+from robot_sac.services.inference.server import loopback_socket, server_config
 from robot_sac.settings import Settings
 
 # HalfCheetah's sizes: 17 observations, 6 actions in [-1, 1].
@@ -67,10 +68,9 @@ def start_thread_service(
 ) -> ThreadService:
     cfg = Settings(data_dir=data_dir, **settings)
     app = create_app(cfg, spec)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = loopback_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(app, cfg, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

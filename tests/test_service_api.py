@@ -43,6 +43,7 @@ OBS_DIM, ACTION_DIM = CHEETAH.obs_dim, CHEETAH.action_dim
 LOW, HIGH = [-1.0] * ACTION_DIM, [1.0] * ACTION_DIM
 OBS = [0.1] * OBS_DIM
 JSON = {"content-type": "application/json"}
+OCTET = {"content-type": "application/octet-stream"}
 # Observations beyond float32 (tested on purpose) make numpy warn in the service's threads.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
@@ -140,7 +141,13 @@ def shared_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadS
 @pytest.fixture
 def small_service(tmp_path: Path) -> Iterator[ThreadService]:
     """A service whose body limits are 4 KiB, to test 413 cheaply."""
-    svc = start_thread_service(tmp_path / "small", max_body_bytes=4096, max_upload_bytes=4096)
+    svc = start_thread_service(
+        tmp_path / "small",
+        max_body_bytes=4096,
+        max_upload_bytes=4096,
+        max_act_body_bytes=4096,
+        max_act_batch_body_bytes=4096,
+    )
     yield svc
     svc.stop()
 
@@ -764,6 +771,7 @@ def framework_act_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         tmp_path_factory.mktemp("framework") / "data",
         fast_path=False,
         max_body_bytes=250_000,
+        max_act_body_bytes=250_000,
     )
     yield svc
     svc.stop()
@@ -863,7 +871,7 @@ def test_oversized_body_with_content_length_is_413(small_service: ThreadService)
     assert small_service.state.store.transition_count() == 0
     upload = actor_bytes()
     assert len(upload) > 4096
-    assert_error(c.post("/v1/admin/policies", content=upload), 413, "4096")
+    assert_error(c.post("/v1/admin/policies", content=upload, headers=OCTET), 413, "4096")
     assert c.get("/v1/admin/status").json()["latest_version"] == 0
     # The service goes on.
     assert c.post("/v1/act", json={"obs": OBS}).status_code == 200
@@ -889,7 +897,7 @@ def test_chunked_body_under_the_limit_is_accepted(small_service: ThreadService) 
 
 def test_chunked_upload_over_the_limit_is_413(small_service: ThreadService) -> None:
     c = small_service.client()
-    r = c.post("/v1/admin/policies", content=_chunks(actor_bytes()))
+    r = c.post("/v1/admin/policies", content=_chunks(actor_bytes()), headers=OCTET)
     assert "content-length" not in r.request.headers
     assert_error(r, 413, "4096")
     assert c.get("/v1/admin/status").json()["latest_version"] == 0
@@ -1036,8 +1044,8 @@ def test_invalid_upload_is_refused_and_changes_nothing(
 def test_refused_uploads_do_not_use_up_version_numbers(service: ThreadService) -> None:
     c = service.client()
     for _, make, _ in UPLOAD_REFUSALS:
-        assert c.post("/v1/admin/policies", content=make()).status_code == 422
-    r = c.post("/v1/admin/policies", content=actor_bytes(version=50))
+        assert c.post("/v1/admin/policies", content=make(), headers=OCTET).status_code == 422
+    r = c.post("/v1/admin/policies", content=actor_bytes(version=50), headers=OCTET)
     assert r.status_code == 200 and r.json() == {"version": 1}
     wait_for_version(c, 1)
     assert 'status="500"' not in c.get("/metrics").text
@@ -1053,7 +1061,7 @@ def test_refused_uploads_do_not_use_up_version_numbers(service: ThreadService) -
 )
 def test_upload_for_another_action_space_is_422_not_500(service: ThreadService, make: Any) -> None:
     c = service.client()
-    r = c.post("/v1/admin/policies", content=make())
+    r = c.post("/v1/admin/policies", content=make(), headers=OCTET)
     assert_error(r, 422, "(task)")
     assert service.state.store.latest_policy().version == 0
 
@@ -1069,8 +1077,10 @@ def test_upload_with_huge_updates_is_refused_without_using_a_version(
     data = safetensors.torch.save(
         safetensors.torch.load(data), metadata={**meta, "updates": str(2**63)}
     )
-    assert_error(c.post("/v1/admin/policies", content=data), 422, "updates")
-    assert c.post("/v1/admin/policies", content=actor_bytes()).json() == {"version": 1}
+    assert_error(c.post("/v1/admin/policies", content=data, headers=OCTET), 422, "updates")
+    assert c.post("/v1/admin/policies", content=actor_bytes(), headers=OCTET).json() == {
+        "version": 1
+    }
 
 
 # === 5. malformed robot inputs never reach the store =============================================
@@ -1135,7 +1145,9 @@ def test_hold_holds_while_the_watcher_reads_a_stale_control(service: ThreadServi
 
 def test_pin_holds_while_the_watcher_reads_a_stale_control(service: ThreadService) -> None:
     c = service.client()
-    assert c.post("/v1/admin/policies", content=actor_bytes()).json() == {"version": 1}
+    assert c.post("/v1/admin/policies", content=actor_bytes(), headers=OCTET).json() == {
+        "version": 1
+    }
     wait_for_version(c, 1)
     slow = SlowControlReads(service.state.store)
     service.state.serving.store = slow

@@ -22,7 +22,7 @@ from robot_sac.schemas import FLOAT32_MAX, Transition, TransitionsRequest
 from robot_sac.services.inference.wire import (
     JSON_BODY,
     VECTOR_FIELDS,
-    PackedBodyError,
+    BodyError,
     WireTransition,
     WireTransitions,
     read_packed_transitions,
@@ -242,7 +242,7 @@ def test_a_packed_body_reads_as_the_same_json_body() -> None:
     ids=["reserved-byte", "truncated-map", "json-text"],
 )
 def test_a_body_that_is_not_msgpack_is_said_to_be(body: bytes) -> None:
-    with pytest.raises(PackedBodyError, match="MessagePack"):
+    with pytest.raises(BodyError, match="MessagePack"):
         read_packed_transitions(body)
 
 

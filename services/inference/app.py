@@ -17,11 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from robot_sac import __version__
 from robot_sac.devices import resolve_device
@@ -29,89 +28,17 @@ from robot_sac.schemas import ActBatchRequest, ActRequest, TaskSpec, Transitions
 from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.deps import AppState
 from robot_sac.services.inference.fast_path import FastPath
+from robot_sac.services.inference.guard import Guard
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.routers import act, admin, health, policy, transitions
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
-from robot_sac.store import Store, open_store
+from robot_sac.store import Store, StoreError, open_store
 
 log = logging.getLogger("robot_sac.service")
 
-UPLOAD_PATH = "/v1/admin/policies"
 # Threads that append to the transition log: more than a few only wait on the same write lock.
 WRITER_THREADS = 4
-
-
-class BodyTooLarge(HTTPException):
-    """An HTTPException, so FastAPI re-raises it (as 413) when it happens while reading a body."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit} bytes")
-        self.limit = limit
-
-
-class GuardMiddleware:
-    """Refuses oversized bodies before they are parsed, and counts requests by route and status.
-
-    Plain ASGI (not ``BaseHTTPMiddleware``) to keep the act path's overhead small.
-    """
-
-    def __init__(self, app: ASGIApp, settings: Settings, metrics_of: Any) -> None:
-        self.app, self.settings, self.metrics_of = app, settings, metrics_of
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = (
-            self.settings.max_upload_bytes
-            if scope["path"] == UPLOAD_PATH
-            else self.settings.max_body_bytes
-        )
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)(
-                scope, receive, send
-            )
-            self._count(scope, 413)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        status = 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, counting_send)
-        except BodyTooLarge as exc:
-            if status:  # the answer has begun: nothing sensible is left to send
-                raise
-            await JSONResponse({"detail": exc.detail}, status_code=413)(
-                scope, receive, counting_send
-            )
-        finally:
-            self._count(scope, status or 500)
-
-    def _count(self, scope: Scope, status: int) -> None:
-        metrics = self.metrics_of()
-        if metrics is None:
-            return
-        path = scope.get("robot_sac.route") or getattr(scope.get("route"), "path", None)
-        path = path or "unmatched"
-        metrics.request_counter(path, str(status)).inc()
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -182,6 +109,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
             settings.max_batch_size,
             settings.max_wait_ms / 1000.0,
             settings.inference_threads,
+            settings.max_queued_acts,
         )
         writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="log-writer")
         tasks: list[asyncio.Task[None]] = []
@@ -200,7 +128,12 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
             gc.collect()
             gc.freeze()
             if not settings.auth_enabled:
-                log.warning("no tokens configured: every route is open; bind to loopback only")
+                log.warning(
+                    "no tokens configured: every route is open to this machine (loopback only; "
+                    "foreign hosts and web-page origins are refused)"
+                )
+            for warning in settings.token_warnings():
+                log.warning(warning)
             log.info(
                 "serving %s: policy version %d on %s", spec.name, serving.served.version, device
             )
@@ -245,6 +178,14 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         status, detail = describe_validation_errors(list(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=status)
 
+    @app.exception_handler(StoreError)
+    async def _store_unavailable(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"the store is unavailable: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -256,5 +197,5 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
 
     # Added last is outermost: the guard sees every request, the fast path runs inside it.
     app.add_middleware(FastPath, describe_error=describe_validation_errors)
-    app.add_middleware(GuardMiddleware, settings=settings, metrics_of=metrics_of)
+    app.add_middleware(Guard, settings=settings, metrics_of=metrics_of)
     return app

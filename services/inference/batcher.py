@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,6 +23,14 @@ from robot_sac.services.inference.serving import Served, ServingState
 # Up to this many rows numpy beats torch's per-operator overhead on a CPU; beyond, torch's
 # threaded matrix products win.
 NUMPY_MAX_ROWS = 16
+
+
+class QueueFull(Exception):
+    """The act queue holds ``max_queued_acts`` observations already: answer 503 at once."""
+
+
+class DeadlineMissed(Exception):
+    """The act could not be answered by its ``X-Deadline-Ms``: answer 504, never a late action."""
 
 
 @dataclass
@@ -39,10 +48,13 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         threads: int,
+        max_queued_rows: int = 4096,
     ) -> None:
         self.state, self.metrics = state, metrics
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
+        self.max_queued_rows = max_queued_rows
         self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._threads = threads
         self._executor = ThreadPoolExecutor(
@@ -55,19 +67,44 @@ class MicroBatcher:
         if self._threads > 0:
             torch.set_num_threads(self._threads)
 
-    async def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, int, bool]:
-        """Actions for ``obs`` ``(k, obs_dim)``: ``(actions (k, action_dim), version, hold)``."""
+    def held(self, rows: int) -> np.ndarray:
+        """The task's safe action, ``rows`` times: ``(rows, action_dim)``."""
+        return np.tile(self._safe, (rows, 1))
+
+    async def act(
+        self, obs: np.ndarray, deterministic: bool, deadline: float | None = None
+    ) -> tuple[np.ndarray, int, bool]:
+        """Actions for ``obs`` ``(k, obs_dim)``: ``(actions (k, action_dim), version, hold)``.
+
+        ``deadline`` (``time.monotonic()`` seconds): raise :class:`DeadlineMissed` rather than
+        answer after it. Raises :class:`QueueFull` at once when ``max_queued_rows`` observations
+        already wait.
+        """
         served = self.state.served
         if served is None:
             raise RuntimeError("no policy is loaded yet")
+        rows = obs.shape[0]
         if self.state.hold:  # a hold answers at once, without the policy
-            return np.tile(self._safe, (obs.shape[0], 1)), served.version, True
+            return self.held(rows), served.version, True
+        if self._queued_rows + rows > self.max_queued_rows:
+            self.metrics.acts_shed.inc()
+            raise QueueFull(
+                f"the service is saturated: {self._queued_rows} observations are waiting for a "
+                "forward pass"
+            )
         future: asyncio.Future[tuple[np.ndarray, int, bool]] = (
             asyncio.get_running_loop().create_future()
         )
         self._queue.append(_Job(obs, deterministic, future))
+        self._queued_rows += rows
         self._wakeup.set()
-        return await future
+        if deadline is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, deadline - time.monotonic())
+        except asyncio.TimeoutError:  # wait_for cancelled the job: the batcher skips it
+            self.metrics.acts_late.inc()
+            raise DeadlineMissed("the act could not be answered before its X-Deadline-Ms") from None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -82,6 +119,8 @@ class MicroBatcher:
                 if self.max_wait_s > 0 and self._rows() < self.max_batch_size:
                     await asyncio.sleep(self.max_wait_s)
                 jobs = self._take()
+                if not jobs:  # every job taken had been given up (deadline, client gone)
+                    continue
                 self._last_jobs = len(jobs)
                 served = self.state.served  # one reference for the whole batch
                 assert served is not None
@@ -98,7 +137,7 @@ class MicroBatcher:
                 start = 0
                 for job in jobs:
                     k = job.obs.shape[0]
-                    result = np.tile(self._safe, (k, 1)) if hold else actions[start : start + k]
+                    result = self.held(k) if hold else actions[start : start + k]
                     if not job.future.done():  # the client may have gone away
                         job.future.set_result((result, served.version, hold))
                     start += k
@@ -106,15 +145,23 @@ class MicroBatcher:
                     self.metrics.nonfinite_actions.inc(replaced)
 
     def _rows(self) -> int:
-        return sum(job.obs.shape[0] for job in self._queue)
+        return self._queued_rows
 
     def _take(self) -> list[_Job]:
-        jobs = [self._queue.popleft()]  # a job larger than the limit still goes, alone
-        rows = jobs[0].obs.shape[0]
-        while self._queue and rows + self._queue[0].obs.shape[0] <= self.max_batch_size:
+        """The next batch: queued jobs up to ``max_batch_size`` rows (a larger job goes alone);
+        jobs whose future is already done (given up) are dropped, not computed."""
+        jobs: list[_Job] = []
+        rows = 0
+        while self._queue:
+            k = self._queue[0].obs.shape[0]
+            if jobs and rows + k > self.max_batch_size:
+                break
             job = self._queue.popleft()
+            self._queued_rows -= k
+            if job.future.done():
+                continue
             jobs.append(job)
-            rows += job.obs.shape[0]
+            rows += k
         return jobs
 
     def _forward(self, served: Served, jobs: list[_Job]) -> tuple[np.ndarray, int]:

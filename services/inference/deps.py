@@ -1,12 +1,11 @@
-"""Dependencies of the routes: the application's state and the two token scopes."""
+"""What the routes share: the application's state and the request as the guard hands it on."""
 
 from __future__ import annotations
 
-import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.batcher import MicroBatcher
@@ -32,64 +31,30 @@ class AppState:
     writers: ThreadPoolExecutor
 
 
-# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker
-# thread, two thread hops per request on the act path for what is a few comparisons.
+@dataclass(frozen=True)
+class Incoming:
+    """A request with a body, as the guard (:mod:`~robot_sac.services.inference.guard`) passed
+    it: token checked, body read whole within its limits.
+
+    Attributes:
+        body: the request body.
+        content_type: the ``Content-Type`` header, if any.
+        deadline: ``X-Deadline-Ms`` as a ``time.monotonic()`` instant, if the client sent one.
+    """
+
+    body: bytes
+    content_type: str | None = None
+    deadline: float | None = None
 
 
 async def get_state(request: Request) -> AppState:
     return request.app.state.robot_sac
 
 
-def _token_of(authorization: str | None) -> str:
-    if authorization is None:
-        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("malformed Authorization header: send 'Authorization: Bearer <token>'")
-    return token.strip()
-
-
-def _matches(token: str, secret: object) -> bool:
-    if secret is None:
-        return False
-    return hmac.compare_digest(token.encode(), secret.get_secret_value().encode())  # type: ignore[attr-defined]
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-def check_robot(settings: Settings, authorization: str | None) -> None:
-    """Robot scope: act, transitions, read the policy. The operator token may do it too."""
-    if not settings.auth_enabled:
-        return
-    token = _token_of(authorization)
-    # Compare with both, always, so the time taken does not tell which one matched.
-    robot = _matches(token, settings.robot_token)
-    operator = _matches(token, settings.operator_token)
-    if not (robot or operator):
-        raise _unauthorized("invalid token")
-
-
-def check_operator(settings: Settings, authorization: str | None) -> None:
-    """Operator scope: everything, ``/v1/admin/*`` included."""
-    if not settings.auth_enabled:
-        return
-    token = _token_of(authorization)
-    robot = _matches(token, settings.robot_token)
-    operator = _matches(token, settings.operator_token)
-    if operator:
-        return
-    if robot:
-        raise HTTPException(
-            403, "this route needs the operator token; a robot token may not use it"
-        )
-    raise _unauthorized("invalid token")
-
-
-async def require_robot(request: Request) -> None:
-    check_robot(request.app.state.robot_sac.settings, request.headers.get("authorization"))
-
-
-async def require_operator(request: Request) -> None:
-    check_operator(request.app.state.robot_sac.settings, request.headers.get("authorization"))
+async def incoming(request: Request) -> Incoming:
+    """The request as the hot routes' handlers take it, when FastAPI serves them."""
+    return Incoming(
+        await request.body(),
+        request.headers.get("content-type"),
+        request.scope.get("robot_sac.deadline"),
+    )

@@ -1,8 +1,8 @@
 """The service's hot routes served in front of FastAPI's routing.
 
 ``/v1/act``, ``/v1/act/batch`` and ``/v1/transitions`` carry nearly all of a fleet's requests. A
-plain ASGI layer reads the body, hands it with the ``Authorization`` header to the route's own
-function and writes the answer as bytes, skipping the framework's per-request routing,
+plain ASGI layer hands the body the guard has read to the route's own function and writes the
+answer as bytes, skipping the framework's per-request routing,
 dependency and response machinery. The FastAPI routes document the same endpoints in the
 OpenAPI schema and serve them when ``ROBOT_SAC_FAST_PATH=false``; both run the same function, so
 the answers are the same either way.
@@ -19,23 +19,31 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from robot_sac.services.inference.deps import AppState
+from robot_sac.services.inference.deps import AppState, Incoming
 from robot_sac.services.inference.routers.act import ACT, ACT_BATCH, answer
+from robot_sac.services.inference.routers.admin import HOLD, press_hold
 from robot_sac.services.inference.routers.transitions import TRANSITIONS, ingest
+from robot_sac.store import StoreError
 
-# (state, Authorization header, body, Content-Type header) -> the JSON answer's bytes
-Handler = Callable[[AppState, "str | None", bytes, "str | None"], Awaitable[bytes]]
+# (state, the request as the guard passed it) -> the JSON answer's bytes
+Handler = Callable[[AppState, Incoming], Awaitable[bytes]]
 
 
 HANDLERS: dict[str, Handler] = {
     ACT: partial(answer, path=ACT),
     ACT_BATCH: partial(answer, path=ACT_BATCH),
     TRANSITIONS: ingest,
+    # The hold is served here so that it takes effect before any routing.
+    HOLD: press_hold,
 }
 
 
 class FastPath:
-    """Serves the POST routes of :data:`HANDLERS` before FastAPI's routing; the rest passes."""
+    """Serves the POST routes of :data:`HANDLERS` before FastAPI's routing; the rest passes.
+
+    It runs inside the guard, which has checked the token and read the body
+    (``scope["robot_sac.body"]``; absent when the request has none).
+    """
 
     def __init__(self, app: ASGIApp, describe_error: Any) -> None:
         self.app, self.describe_error = app, describe_error
@@ -53,20 +61,16 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         scope["robot_sac.route"] = path
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        authorization = content_type = None
+        content_type = None
         for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-            elif key == b"content-type":
+            if key == b"content-type":
                 content_type = value.decode("latin-1")
+        request = Incoming(
+            scope.get("robot_sac.body", b""), content_type, scope.get("robot_sac.deadline")
+        )
         headers = [(b"content-type", b"application/json")]
         try:
-            data = await handler(state, authorization, b"".join(chunks), content_type)
+            data = await handler(state, request)
             status = 200
         except HTTPException as exc:
             status, data = exc.status_code, json.dumps({"detail": exc.detail}).encode()
@@ -74,6 +78,9 @@ class FastPath:
         except ValidationError as exc:
             status, detail = self.describe_error(list(exc.errors()))
             data = json.dumps({"detail": detail}).encode()
+        except StoreError as exc:
+            status, data = 503, json.dumps({"detail": f"the store is unavailable: {exc}"}).encode()
+            headers.append((b"retry-after", b"1"))
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})

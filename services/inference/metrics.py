@@ -65,6 +65,28 @@ class ServiceMetrics:
         self.hold = Gauge(
             "robot_sac_hold", "1 while every act answers the safe action.", registry=r
         )
+        self.hold_persisted = Gauge(
+            "robot_sac_hold_persisted",
+            "1 when the store holds the hold state acts answer with; 0 while a hold pressed "
+            "here is still being written.",
+            registry=r,
+        )
+        self.hold_persisted.set(1.0)
+        self.rate_limited = Counter(
+            "robot_sac_rate_limited",
+            "Requests refused with 429: their token was over its rate.",
+            registry=r,
+        )
+        self.acts_shed = Counter(
+            "robot_sac_acts_shed",
+            "Acts answered 503 at once because the act queue was full.",
+            registry=r,
+        )
+        self.acts_late = Counter(
+            "robot_sac_acts_deadline_missed",
+            "Acts answered 504: they could not be answered before their X-Deadline-Ms.",
+            registry=r,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
 
     def watch_learner(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
@@ -98,6 +120,9 @@ class _LearnerCollector(Collector):
         "entropy": "Policy entropy on the last batch.",
         "q_mean": "Mean Q-value on the last batch.",
         "data_age_updates": "Updates between the version that produced the newest data and now.",
+        "quarantined_rows": "Log rows the learner set aside: values that would overflow learning.",
+        "skipped_updates": "Optimiser steps skipped because their gradients were not finite.",
+        "rollbacks": "Times the learner went back to its last good weights.",
     }
 
     def __init__(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
@@ -119,6 +144,11 @@ class _LearnerCollector(Collector):
         )
         heartbeat.add_metric([], age)
         yield heartbeat
+        faulted = GaugeMetricFamily(
+            "robot_sac_learner_faulted", "1 while the learner reports that it cannot go on."
+        )
+        faulted.add_metric([], 1.0 if status.get("state") == "faulted" else 0.0)
+        yield faulted
         for key, doc in self.GAUGES.items():
             value = status.get(key)
             if isinstance(value, int | float):

@@ -1,19 +1,28 @@
-"""What the service serves, and how a new version gets there.
+"""What the service serves, and how a new version gets there; the operator's controls.
 
 The served policy is one reference, swapped whole: a batch captures it once, so requests in
 flight finish on the version they started with and every answer names the version that computed
 it. A watcher polls the registry and the control state; a new version is loaded and validated off
 the event loop (the file's own checks, then the task's sizes and bounds) before the swap. A
-version that fails is refused, logged with the reason, counted, and never tried again.
+version that fails a check is refused, logged with the reason, counted, and never tried again; one
+whose bytes could not be read (the store or the disk away for a moment) is tried again later.
+
+The hold is memory first: pressing it holds every act answered from then on, whatever the store
+is doing, and a background task then persists it, retrying until the store takes it (other
+replicas and a restart learn of it from the store). Release, the unsafe direction, is written to
+the store first and takes effect only once it is there. Control writes go through one thread of
+their own, in order, never behind the transition log's writer threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import torch
@@ -21,9 +30,41 @@ import torch
 from robot_sac.policy import Policy, PolicyFileError, check_task, load_policy
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.metrics import ServiceMetrics
-from robot_sac.store import ControlState, PolicyRecord, Store
+from robot_sac.store import ControlState, PolicyRecord, Store, StoreError
 
 log = logging.getLogger("robot_sac.service")
+
+# A version whose bytes could not be read is tried again after this long.
+READ_RETRY_S = 1.0
+# The background persistence of a hold retries this often while the store refuses it.
+PERSIST_RETRY_S = 0.5
+
+
+class StoreHealth:
+    """How the store answered lately: ``ok``, ``busy`` or ``unavailable``, and why."""
+
+    def __init__(self) -> None:
+        self.state = "ok"
+        self.reason: str | None = None
+        self.since = time.time()
+
+    def ok(self) -> None:
+        if self.state != "ok":
+            log.info("the store answers again (it was %s for %.1f s)", self.state, self._age())
+            self.state, self.reason, self.since = "ok", None, time.time()
+
+    def failed(self, exc: BaseException) -> None:
+        state = "busy" if "busy" in type(exc).__name__.lower() else "unavailable"
+        if state != self.state:
+            log.warning("the store is %s: %s", state, exc)
+            self.state, self.since = state, time.time()
+        self.reason = str(exc)
+
+    def _age(self) -> float:
+        return time.time() - self.since
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "for_s": round(self._age(), 1)}
 
 
 @dataclass(frozen=True)
@@ -53,17 +94,29 @@ class ServingState:
         self.poll_s = poll_s
         self.served: Served | None = None
         self.control = ControlState()
+        # What every act reads: True from the moment a hold arrives until a release is stored.
+        self.hold = False
         self.refused: dict[int, str] = {}
+        self._retry_at: dict[int, float] = {}
+        # Control fields changed here and not yet in the store (the hold, while it persists).
+        self._pending: dict[str, Any] = {}
+        self._persisting: asyncio.Task[None] | None = None
+        self.store_health = StoreHealth()
         # Bumped by every operator change, so a slower read by the watcher cannot undo it.
         self._control_generation = 0
         self.started_at = time.time()
         self._swap_lock = asyncio.Lock()
         # Loading runs beside inference, never in its thread, so a swap never stalls answers.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-loader")
+        # Control writes, one at a time and in order, beside the log's writer threads.
+        self._control_writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="control-writer"
+        )
 
     @property
-    def hold(self) -> bool:
-        return self.control.hold
+    def hold_persisted(self) -> bool:
+        """Whether the store holds the hold state that acts answer with."""
+        return "hold" not in self._pending
 
     # --- loading and swapping ------------------------------------------------------------------
     def load(self, record: PolicyRecord) -> Policy:
@@ -77,20 +130,32 @@ class ServingState:
     async def swap_to(self, version: int) -> tuple[bool, str | None]:
         """Serve ``version`` if it loads and validates; else refuse it and keep the current one.
 
-        Returns ``(swapped, reason_refused)``.
+        Returns ``(swapped, reason)``. A version whose bytes could not be read (``OSError``, a
+        store error) is not refused: it is tried again once :data:`READ_RETRY_S` has passed.
         """
         async with self._swap_lock:
             if self.served is not None and self.served.version == version:
                 return True, None
             if version in self.refused:
                 return False, self.refused[version]
+            if time.monotonic() < self._retry_at.get(version, 0.0):
+                return False, f"version {version} could not be read; it is tried again shortly"
             record = await anyio.to_thread.run_sync(self.store.get_policy, version)
             if record is None:
                 return False, f"version {version} is not registered"
             loop = asyncio.get_running_loop()
             try:
                 policy = await loop.run_in_executor(self._loader, self.load, record)
-            except (PolicyFileError, OSError, ValueError, RuntimeError) as exc:
+            except (OSError, StoreError) as exc:
+                self._retry_at[version] = time.monotonic() + READ_RETRY_S
+                log.warning(
+                    "policy version %d could not be read (tried again in %g s): %s",
+                    version,
+                    READ_RETRY_S,
+                    exc,
+                )
+                return False, f"version {version} could not be read: {exc}"
+            except (PolicyFileError, ValueError, RuntimeError) as exc:
                 reason = str(exc)
                 self.refused[version] = reason
                 self.metrics.refused.inc()
@@ -101,6 +166,7 @@ class ServingState:
                     reason,
                 )
                 return False, reason
+            self._retry_at.pop(version, None)
             previous = self.served.version if self.served else None
             self.served = Served(policy, record)
             self.metrics.swaps.inc()
@@ -108,21 +174,88 @@ class ServingState:
             log.info("serving policy version %d (was %s)", version, previous)
             return True, None
 
-    # --- following the registry and the operator ---------------------------------------------
-    def set_control(self, control: ControlState) -> None:
-        """Adopt a control state an operator has just written (takes effect at once)."""
-        self._control_generation += 1
+    # --- the operator's controls ------------------------------------------------------------
+    def _adopt(self, control: ControlState) -> None:
+        """Take ``control`` from the store, with the fields still pending here on top."""
+        if self._pending:
+            control = dataclasses.replace(control, **self._pending)
         self.control = control
-        self.metrics.hold.set(1.0 if control.hold else 0.0)
+        self._set_hold(control.hold)
 
+    def _set_hold(self, hold: bool) -> None:
+        self.hold = hold
+        self.metrics.hold.set(1.0 if hold else 0.0)
+
+    def press_hold(self) -> None:
+        """Hold every robot now; persist it in the background (see the module docstring)."""
+        self._control_generation += 1
+        self._set_hold(True)
+        self.control = dataclasses.replace(self.control, hold=True)
+        self._pending["hold"] = True
+        self.metrics.hold_persisted.set(0.0)
+        self._ensure_persisting()
+
+    def _ensure_persisting(self) -> None:
+        if self._persisting is None or self._persisting.done():
+            self._persisting = asyncio.get_running_loop().create_task(self._persist())
+
+    async def _persist(self) -> None:
+        """Write the pending control fields until the store has taken them."""
+        while self._pending:
+            changes = dict(self._pending)
+            try:
+                written = await self._write_control(changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is busy or away: the hold stays in memory
+                self.store_health.failed(exc)
+                await asyncio.sleep(PERSIST_RETRY_S)
+                continue
+            for key, value in changes.items():
+                if self._pending.get(key) == value:
+                    del self._pending[key]
+            self.control = dataclasses.replace(written, **self._pending)
+        self.metrics.hold_persisted.set(1.0)
+        log.info("hold persisted in the store")
+
+    async def _write_control(self, changes: dict[str, Any]) -> ControlState:
+        loop = asyncio.get_running_loop()
+        control = await loop.run_in_executor(
+            self._control_writer, lambda: self.store.update_control(**changes)
+        )
+        self.store_health.ok()
+        return control
+
+    async def set_control(self, **changes: Any) -> ControlState:
+        """Write ``changes`` to the store, then adopt them (release, pause, pin, follow).
+
+        Raises the store's error if it does not take them in time; nothing changes then.
+        """
+        cancelled = {k: self._pending.pop(k) for k in list(changes) if k in self._pending}
+        try:
+            control = await self._write_control(changes)
+        except BaseException as exc:
+            if cancelled:  # e.g. a hold not yet stored stays pending, and is stored later
+                self._pending.update(cancelled)
+                self._ensure_persisting()
+            if not isinstance(exc, asyncio.CancelledError):
+                self.store_health.failed(exc)
+            raise
+        self._control_generation += 1
+        self._adopt(control)
+        if not self._pending:
+            self.metrics.hold_persisted.set(1.0)
+        return self.control
+
+    # --- following the registry and the operator ---------------------------------------------
     async def sync(self) -> None:
         """Read the control state and registry once; swap if the served version should change."""
         generation = self._control_generation
         control = await anyio.to_thread.run_sync(self.store.control)
         if generation != self._control_generation:
             return  # an operator changed it meanwhile; what we read may predate that
-        self.control = control
-        self.metrics.hold.set(1.0 if control.hold else 0.0)
+        self._adopt(control)
+        control = self.control
         if control.mode == "pinned" and control.pinned_version is not None:
             if self.served is None or self.served.version != control.pinned_version:
                 await self.swap_to(control.pinned_version)
@@ -131,23 +264,31 @@ class ServingState:
         if latest is None:
             return
         current = -1 if self.served is None else self.served.version
-        # Follow: the newest version that validates; never go back to an older one.
+        # Follow: the newest version that validates; never go back to an older one, and never
+        # past a newer one that could not be read yet (it is tried again on a later pass).
         for version in range(latest.version, current, -1):
             if version in self.refused:
                 continue
             swapped, _ = await self.swap_to(version)
-            if swapped:
+            if swapped or version in self._retry_at:
                 return
 
     async def watch(self) -> None:
         while True:
             try:
                 await self.sync()
+                self.store_health.ok()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the watcher must outlive a store hiccup
+            except StoreError as exc:  # the watcher outlives a store that is busy or away
+                self.store_health.failed(exc)
+            except Exception as exc:
                 log.exception("policy watcher: sync failed; retrying")
+                self.store_health.failed(exc)
             await asyncio.sleep(self.poll_s)
 
     def close(self) -> None:
+        if self._persisting is not None:
+            self._persisting.cancel()
         self._loader.shutdown(wait=False, cancel_futures=True)
+        self._control_writer.shutdown(wait=False, cancel_futures=True)

@@ -3,26 +3,31 @@
 The act path is the service's hottest, so it is served by the fast path
 (:mod:`robot_sac.services.inference.fast_path`), a plain ASGI layer in front of the framework, at
 a fraction of FastAPI's per-request cost. The FastAPI routes below document the two endpoints in
-the OpenAPI schema and serve them when the fast path is off; both run :func:`answer`.
+the OpenAPI schema and serve them when the fast path is off; both run :func:`answer`. The token
+and the body's size and type were checked by the guard before either runs.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from robot_sac.schemas import ActBatchRequest, ActBatchResponse, ActRequest, ActResponse
-from robot_sac.services.inference.deps import AppState, check_robot
+from robot_sac.services.inference.batcher import DeadlineMissed, QueueFull
+from robot_sac.services.inference.deps import AppState, Incoming, incoming
+from robot_sac.services.inference.wire import BodyError, read_act, read_act_batch
 
 router = APIRouter(prefix="/v1", tags=["act"])
 ACT, ACT_BATCH = "/v1/act", "/v1/act/batch"
+RETRY_SOON = {"Retry-After": "1"}
 
 
-def _obs_array(rows: list[list[float]], obs_dim: int, single: bool) -> np.ndarray:
+def _obs_array(rows: Sequence[Sequence[float]], obs_dim: int, single: bool) -> np.ndarray:
     for i, row in enumerate(rows):
         if len(row) != obs_dim:
             where = "obs" if single else f"obs[{i}]"
@@ -32,37 +37,42 @@ def _obs_array(rows: list[list[float]], obs_dim: int, single: bool) -> np.ndarra
     return np.asarray(rows, dtype=np.float32)
 
 
-async def answer(
-    state: AppState,
-    authorization: str | None,
-    body: bytes,
-    content_type: str | None = None,
-    path: str = ACT,
-) -> bytes:
+async def answer(state: AppState, request: Incoming, path: str = ACT) -> bytes:
     """The work of both act endpoints; the JSON answer's bytes.
 
-    ``content_type`` is not read: act bodies are JSON whatever it says (the argument is there so
-    that every hot route has one signature, see ``fast_path.HANDLERS``).
-
-    Raises ``HTTPException`` or pydantic's ``ValidationError`` for anything the client got wrong.
+    Raises ``HTTPException`` or pydantic's ``ValidationError`` for anything the client got wrong,
+    503 when the act queue is full, 504 when ``X-Deadline-Ms`` cannot be met.
     """
     start = time.perf_counter()
-    check_robot(state.settings, authorization)
+    body = request.body
     if not body:
         raise HTTPException(422, "the request needs a JSON body")
-    if path == ACT:
-        one = ActRequest.model_validate_json(body)
-        obs = _obs_array([one.obs], state.spec.obs_dim, single=True)
-        actions, version, hold = await state.batcher.act(obs, one.deterministic)
-        payload: dict[str, Any] = {
-            "action": actions[0].tolist(),
-            "policy_version": version,
-            "hold": hold,
-        }
+    try:
+        parsed = read_act(body) if path == ACT else read_act_batch(body)
+    except BodyError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    single = path == ACT
+    rows: Any = [parsed.obs] if single else parsed.obs
+    obs = _obs_array(rows, state.spec.obs_dim, single)
+    try:
+        actions, version, hold = await state.batcher.act(
+            obs, parsed.deterministic, request.deadline
+        )
+    except QueueFull as exc:
+        raise HTTPException(503, str(exc), RETRY_SOON) from exc
+    except DeadlineMissed as exc:
+        raise HTTPException(504, str(exc)) from exc
+    if not hold and state.serving.hold:
+        # A hold that arrived while this act was computed: it is answered after the hold, so it
+        # answers the safe action. Nothing awaits between here and the answer going out.
+        actions, hold = state.batcher.held(obs.shape[0]), True
+    if request.deadline is not None and time.monotonic() > request.deadline:
+        state.metrics.acts_late.inc()
+        raise HTTPException(504, "the act could not be answered before its X-Deadline-Ms")
+    payload: dict[str, Any]
+    if single:
+        payload = {"action": actions[0].tolist(), "policy_version": version, "hold": hold}
     else:
-        many = ActBatchRequest.model_validate_json(body)
-        obs = _obs_array(many.obs, state.spec.obs_dim, single=False)
-        actions, version, hold = await state.batcher.act(obs, many.deterministic)
         payload = {"actions": actions.tolist(), "policy_version": version, "hold": hold}
     state.metrics.act_latency_of(path).observe(time.perf_counter() - start)
     return json.dumps(payload).encode()
@@ -76,14 +86,13 @@ def _body_schema(model: type) -> dict[str, Any]:
 @router.post(
     ACT.removeprefix("/v1"), response_model=ActResponse, openapi_extra=_body_schema(ActRequest)
 )
-async def act(request: Request) -> Response:
-    """One action for one observation, in robot units, finite and inside the task's bounds."""
-    data = await answer(
-        request.app.state.robot_sac,
-        request.headers.get("authorization"),
-        await request.body(),
-        path=ACT,
-    )
+async def act(request: Request, body: Incoming = Depends(incoming)) -> Response:
+    """One action for one observation, in robot units, finite and inside the task's bounds.
+
+    ``X-Deadline-Ms: N`` (optional): answer 504 rather than an action later than N ms after the
+    request arrived.
+    """
+    data = await answer(request.app.state.robot_sac, body, path=ACT)
     return Response(data, media_type="application/json")
 
 
@@ -92,12 +101,7 @@ async def act(request: Request) -> Response:
     response_model=ActBatchResponse,
     openapi_extra=_body_schema(ActBatchRequest),
 )
-async def act_batch(request: Request) -> Response:
+async def act_batch(request: Request, body: Incoming = Depends(incoming)) -> Response:
     """Actions for many observations of one robot, in one forward pass."""
-    data = await answer(
-        request.app.state.robot_sac,
-        request.headers.get("authorization"),
-        await request.body(),
-        path=ACT_BATCH,
-    )
+    data = await answer(request.app.state.robot_sac, body, path=ACT_BATCH)
     return Response(data, media_type="application/json")

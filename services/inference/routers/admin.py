@@ -1,18 +1,29 @@
-"""``/v1/admin/*``: the operator's controls and views (operator token only)."""
+"""``/v1/admin/*``: the operator's controls and views (operator token only, checked by the guard).
+
+Every answer that needs the store and cannot have it in ``store_wait_s`` is a 503 with
+``Retry-After`` (the app's handler for ``StoreError``), except the hold: it takes effect in
+memory at once and answers the status it can give without the store.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from robot_sac.policy import PolicyFileError, check_task, load_policy
+from robot_sac.policy import PolicyFileError, check_task, load_policy, read_policy_info
 from robot_sac.schemas import PinRequest
-from robot_sac.services.inference.deps import AppState, get_state, require_operator
+from robot_sac.services.inference.deps import AppState, Incoming, get_state
+from robot_sac.store import StoreError
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_operator)])
+log = logging.getLogger("robot_sac.service")
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+HOLD = "/v1/admin/hold"
 
 LEARNER_OFFLINE_AFTER_S = 5.0
 
@@ -34,7 +45,7 @@ def learner_view(status: dict[str, Any] | None, now: float) -> dict[str, Any]:
     state = (
         "offline"
         if age > LEARNER_OFFLINE_AFTER_S
-        else ("paused" if reported == "paused" else "running")
+        else (reported if reported in ("paused", "faulted") else "running")
     )
     view = {
         "updates": 0,
@@ -47,19 +58,31 @@ def learner_view(status: dict[str, Any] | None, now: float) -> dict[str, Any]:
     return {"state": state, "phase": reported, "heartbeat_age_s": round(age, 3), **view}
 
 
-def _status(state: AppState) -> dict[str, Any]:
-    store, serving = state.store, state.serving
-    control = store.control()
-    latest = store.latest_policy()
+def _from_memory(state: AppState) -> dict[str, Any]:
+    """The part of the status this process knows without the store."""
+    serving = state.serving
+    control = serving.control
     return {
         "served_version": None if serving.served is None else serving.served.version,
-        "latest_version": None if latest is None else latest.version,
         "mode": control.mode,
         "pinned_version": control.pinned_version,
-        "hold": control.hold,
+        "hold": serving.hold,
+        "hold_persisted": serving.hold_persisted,
+        "learner_paused": control.learner_paused,
+        "refused_versions": {str(v): reason for v, reason in serving.refused.items()},
+        "store": serving.store_health.describe(),
+        "uptime_s": round(time.time() - serving.started_at, 1),
+    }
+
+
+def _status(state: AppState) -> dict[str, Any]:
+    store = state.store
+    latest = store.latest_policy()
+    return {
+        **_from_memory(state),
+        "latest_version": None if latest is None else latest.version,
         "transitions": store.transition_count(),
         "learner": learner_view(store.learner_status(), time.time()),
-        "learner_paused": control.learner_paused,
         "episodes": [
             {
                 "version": e.version,
@@ -70,7 +93,6 @@ def _status(state: AppState) -> dict[str, Any]:
             }
             for e in store.episodes_by_version(recent=10)[-10:]
         ],
-        "refused_versions": {str(v): reason for v, reason in serving.refused.items()},
         "task": {
             "name": state.spec.name,
             "obs_dim": state.spec.obs_dim,
@@ -79,7 +101,6 @@ def _status(state: AppState) -> dict[str, Any]:
             "learning_starts": state.spec.sac.learning_starts,
             "success_threshold": state.spec.success_threshold,
         },
-        "uptime_s": round(time.time() - serving.started_at, 1),
     }
 
 
@@ -134,8 +155,9 @@ async def upload_policy(request: Request, state: AppState = Depends(get_state)) 
         raise HTTPException(422, "the body must be a version file (safetensors bytes)")
 
     def validate_and_register() -> int:
-        policy = load_policy(data, device="cpu")
-        check_task(policy.info, state.spec)
+        # The task first, from the metadata alone: nothing is built from a file for another task.
+        check_task(read_policy_info(data), state.spec)
+        load_policy(data, device="cpu")
         record = state.store.register_policy(data)
         assert record is not None
         return record.version
@@ -148,8 +170,7 @@ async def upload_policy(request: Request, state: AppState = Depends(get_state)) 
 
 
 async def _set_control(state: AppState, **changes: Any) -> dict[str, Any]:
-    control = await anyio.to_thread.run_sync(lambda: state.store.update_control(**changes))
-    state.serving.set_control(control)
+    await state.serving.set_control(**changes)
     return await status_of(state)
 
 
@@ -175,10 +196,10 @@ async def pin_policy(body: PinRequest, state: AppState = Depends(get_state)) -> 
             422, f"version {body.version} failed validation: {state.serving.refused[body.version]}"
         )
     previous = state.serving.control
-    await _set_control(state, mode="pinned", pinned_version=body.version)
+    await state.serving.set_control(mode="pinned", pinned_version=body.version)
     swapped, reason = await state.serving.swap_to(body.version)
     if not swapped:
-        await _set_control(state, mode=previous.mode, pinned_version=previous.pinned_version)
+        await state.serving.set_control(mode=previous.mode, pinned_version=previous.pinned_version)
         raise HTTPException(422, f"version {body.version} failed validation: {reason}")
     return await status_of(state)
 
@@ -186,20 +207,38 @@ async def pin_policy(body: PinRequest, state: AppState = Depends(get_state)) -> 
 @router.post("/policy/follow")
 async def follow_policy(state: AppState = Depends(get_state)) -> dict[str, Any]:
     """Serve the newest version again, and every newer one as it is published."""
-    await _set_control(state, mode="follow", pinned_version=None)
+    await state.serving.set_control(mode="follow", pinned_version=None)
     await state.serving.sync()
     return await status_of(state)
 
 
+async def press_hold(state: AppState, request: Incoming) -> bytes:
+    """Hold now, then answer the status (the fast path serves ``POST /v1/admin/hold`` with this,
+    so the hold takes effect before any routing; the FastAPI route below runs it otherwise)."""
+    state.serving.press_hold()
+    log.warning("hold pressed: every act answers the safe action until released")
+    try:
+        status = await status_of(state)
+    except StoreError:  # the hold holds; say what is known without the store
+        status = _from_memory(state)
+    return json.dumps(status).encode()
+
+
 @router.post("/hold")
-async def hold(state: AppState = Depends(get_state)) -> dict[str, Any]:
+async def hold(request: Request, state: AppState = Depends(get_state)) -> dict[str, Any]:
     """Every act answers the task's safe action with ``"hold": true`` until released.
 
-    A software hold: it does not replace a robot's hardware emergency stop.
+    It takes effect at once, in memory, for every act answered after it arrives, whatever the
+    store is doing; it is then stored (``hold_persisted`` in the status says when), so other
+    replicas and a restarted service hold too. A software hold: it does not replace a robot's
+    hardware emergency stop.
     """
-    return await _set_control(state, hold=True)
+    return json.loads(await press_hold(state, Incoming(b"")))  # type: ignore[no-any-return]
 
 
 @router.post("/release")
 async def release(state: AppState = Depends(get_state)) -> dict[str, Any]:
-    return await _set_control(state, hold=False)
+    """End the hold, once the store has it (503 with Retry-After while the store is busy)."""
+    status = await _set_control(state, hold=False)
+    log.warning("hold released")
+    return status

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from robot_sac.schemas import TaskSpec, TransitionsResponse
-from robot_sac.services.inference.deps import AppState, check_robot
+from robot_sac.services.inference.deps import AppState, Incoming, incoming
 from robot_sac.services.inference.wire import (
-    PackedBodyError,
+    BodyError,
     is_msgpack,
     read_packed_transitions,
     read_transitions,
@@ -50,26 +50,22 @@ def _wrong_length(transitions: Sequence[TransitionLike], spec: TaskSpec) -> str 
     return None
 
 
-async def ingest(
-    state: AppState, authorization: str | None, body: bytes, content_type: str | None = None
-) -> bytes:
-    """Append the transitions in ``body``; the JSON answer's bytes, once they are on disk.
+async def ingest(state: AppState, request: Incoming) -> bytes:
+    """Append the transitions of the request's body; the JSON answer's bytes, once on disk.
 
-    ``body`` is JSON, or MessagePack when ``content_type`` says so (see
+    The body is JSON, or MessagePack when its Content-Type says so (see
     :mod:`robot_sac.services.inference.wire`). Raises ``HTTPException`` or pydantic's
-    ``ValidationError`` for anything the client got wrong.
+    ``ValidationError`` for anything the client got wrong, 503 with ``Retry-After`` when the
+    store is busy or away.
     """
-    check_robot(state.settings, authorization)
-    packed = is_msgpack(content_type)
+    body = request.body
+    packed = is_msgpack(request.content_type)
     if not body:
         raise HTTPException(422, f"the request needs a {'MessagePack' if packed else 'JSON'} body")
-    if packed:
-        try:
-            transitions = read_packed_transitions(body)
-        except PackedBodyError as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
-    else:
-        transitions = read_transitions(body)
+    try:
+        transitions = read_packed_transitions(body) if packed else read_transitions(body)
+    except BodyError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
     try:
         # The store checks every vector's length and values (in the writer thread, off the
         # event loop); only a refused batch is searched for a message that names the index.
@@ -77,7 +73,9 @@ async def ingest(
             state.writers, state.store.append, transitions
         )
     except StoreError as exc:
-        raise HTTPException(503, f"the transition log is unavailable: {exc}") from exc
+        raise HTTPException(
+            503, f"the transition log is unavailable: {exc}", {"Retry-After": "1"}
+        ) from exc
     except ValueError as exc:
         raise HTTPException(422, _wrong_length(transitions, state.spec) or str(exc)) from exc
     state.metrics.transitions_accepted.inc(accepted)
@@ -103,17 +101,12 @@ async def ingest(
         }
     },
 )
-async def log_transitions(request: Request) -> Response:
+async def log_transitions(request: Request, body: Incoming = Depends(incoming)) -> Response:
     """Append transitions; the answer comes only once they are on disk.
 
     ``(robot_id, episode_id, step)`` is the idempotency key: a retried batch is a success, its
     transitions counted as duplicates and stored once. The body is JSON, or MessagePack with
     ``Content-Type: application/msgpack`` (vectors may then be float32 bytes).
     """
-    data = await ingest(
-        request.app.state.robot_sac,
-        request.headers.get("authorization"),
-        await request.body(),
-        request.headers.get("content-type"),
-    )
+    data = await ingest(request.app.state.robot_sac, body)
     return Response(data, media_type="application/json")
