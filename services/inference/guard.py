@@ -236,6 +236,8 @@ class Guard:
         if metrics is None:
             return
         path = scope.get("robot_sac.route") or getattr(scope.get("route"), "path", None)
+        if path is None and (scope["method"], scope["path"]) in POLICIES:
+            path = scope["path"]  # refused here, before any route ran; a fixed set of labels
         metrics.request_counter(path or "unmatched", str(status)).inc()
 
 

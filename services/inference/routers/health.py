@@ -19,14 +19,22 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: AppState = Depends(get_state)) -> Response:
+    """Ready once a policy is loaded: acts are answered from it whatever the store is doing.
+
+    ``store`` says how the store answers (``ok``, ``busy`` or ``unavailable``, and why): while it
+    is not ``ok``, transitions and operator changes get 503 with ``Retry-After``.
+    """
     served = state.serving.served
     if served is None:
         return JSONResponse({"detail": "no policy is loaded yet"}, status_code=503)
+    health = state.serving.store_health
     try:
         await anyio.to_thread.run_sync(state.store.check)
     except Exception as exc:
-        return JSONResponse({"detail": f"the store does not answer: {exc}"}, status_code=503)
-    return JSONResponse({"status": "ready", "policy_version": served.version})
+        health.failed(exc)
+    return JSONResponse(
+        {"status": "ready", "policy_version": served.version, "store": health.describe()}
+    )
 
 
 @router.get("/metrics")

@@ -73,6 +73,7 @@ async def ingest(state: AppState, request: Incoming) -> bytes:
             state.writers, state.store.append, transitions
         )
     except StoreError as exc:
+        state.serving.store_health.failed(exc)
         raise HTTPException(
             503, f"the transition log is unavailable: {exc}", {"Retry-After": "1"}
         ) from exc
