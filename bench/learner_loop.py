@@ -379,7 +379,7 @@ class Conn:
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         self.sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -402,7 +402,7 @@ class Conn:
             self.buf += chunk
 
     def get_ok(self, path: str) -> bool:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         return b" 200 " in self.sock.recv(65536).split(b"\r\n")[0] + b" "
 
     def close(self) -> None:

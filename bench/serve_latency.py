@@ -57,7 +57,7 @@ def wait_ready(port: int, path: str, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 if b" 200 " in s.recv(1024).split(b"\r\n")[0] + b" ":
                     return
         except OSError:
@@ -144,7 +144,7 @@ def start_service(data_dir: Path, task: Path, **flags: Any) -> Server:
 def act_request(obs: list[float]) -> bytes:
     body = json.dumps({"obs": obs}).encode()
     return (
-        b"POST /v1/act HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"POST /v1/act HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )

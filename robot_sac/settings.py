@@ -79,13 +79,13 @@ class Settings(BaseSettings):
         description="Open connections the server keeps; one more is closed at once.",
     )
     rate_limit_per_s: float = Field(
-        default=10_000.0,
+        default=20_000.0,
         ge=0.0,
         description="Requests per second one token may make (0: no limit); beyond it 429 with "
         "Retry-After. Every robot of a fleet shares the robot token, so size it for the fleet.",
     )
     rate_limit_burst: int = Field(
-        default=5_000, ge=1, description="Requests a token may make at once above the rate."
+        default=10_000, ge=1, description="Requests a token may make at once above the rate."
     )
     max_queued_acts: int = Field(
         default=4096,
