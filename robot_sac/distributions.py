@@ -101,21 +101,28 @@ class TanhNormal:
         return torch.tanh(self.loc)
 
 
+def log_softplus_cut(dtype: torch.dtype) -> float:
+    """Below ``2 log(eps)`` of ``dtype``, ``log(softplus(x))`` equals ``x`` to within rounding.
+
+    ``log(softplus(x)) = x + log(log1p(e) / e)`` with ``e = exp(x)``, and the correction is about
+    ``-e / 2``: under ``eps**2`` there, far below half an ulp of ``x`` (about -31.8 in float32,
+    -72 in float64). Above the cut ``exp(x)`` is a normal float, so ``log1p`` of it is accurate in
+    every math library (it is not for subnormals).
+    """
+    return 2.0 * math.log(torch.finfo(dtype).eps)
+
+
 def log_softplus(x: Tensor) -> Tensor:
     """``log(softplus(x)) = log(log(1 + exp(x)))``, elementwise, accurate for every float ``x``.
 
-    For ``x <= 0`` it is computed as ``x + log(log1p(e) / e)`` with ``e = exp(x)`` in ``(0, 1]``:
-    the ratio lies in ``[log 2, 1]``, so nothing cancels and the result keeps ``x``'s precision
-    however negative ``x`` is (``softplus`` alone underflows to 0 near -104 in float32, where its
-    log would be ``-inf``). Where ``e`` is below the smallest normal float the ratio's limit 1 is
-    used: its log, about ``-e / 2``, is far below the rounding of ``x``, and ``log1p`` of a
-    subnormal is not accurate in every math library. For ``x > 0``, ``softplus(x) >= log 2`` and
-    its log is taken directly. ``-inf`` gives ``-inf``, ``inf`` gives ``inf``, NaN gives NaN.
-    ``robot_sac.cpu_inference.log_softplus`` is the same in numpy.
+    ``x`` itself below :func:`log_softplus_cut` (where ``softplus`` alone would lose precision and
+    then underflow to 0 near -104 in float32, whose log is ``-inf``); ``log(softplus(x))`` above,
+    with the input clamped to the cut so the branch not taken stays finite. ``-inf`` gives
+    ``-inf``, ``inf`` gives ``inf``, NaN gives NaN. ``robot_sac.cpu_inference.log_softplus`` is
+    the same in numpy.
     """
-    e = torch.exp(torch.clamp(x, max=0.0))
-    ratio = torch.where(e >= torch.finfo(x.dtype).tiny, torch.log1p(e) / e, 1.0)
-    return torch.where(x > 0.0, torch.log(F.softplus(x)), x + torch.log(ratio))
+    cut = log_softplus_cut(x.dtype)
+    return torch.where(x < cut, x, torch.log(F.softplus(torch.clamp(x, min=cut))))
 
 
 def beta_mode_from_log_excess(log_excess1: Tensor, log_excess0: Tensor) -> Tensor:
@@ -201,7 +208,8 @@ class BoundedBeta:
         ``Beta(1, 1)`` and the symmetric U-shapes).
         """
         if self.raw is not None:
-            return beta_mode_from_log_excess(log_softplus(self.raw[0]), log_softplus(self.raw[1]))
+            # Equal infinite raw outputs (an overflowed network) give NaN here, not the centre.
+            return torch.tanh(0.5 * (log_softplus(self.raw[0]) - log_softplus(self.raw[1])))
         c1, c0 = self.concentration1, self.concentration0
         a1, a0 = c1 - 1.0, c0 - 1.0
         interior = (a1 > 0.0) & (a0 > 0.0)

@@ -30,7 +30,8 @@ from torch import Tensor
 from robot_sac.config import PolicyFamily
 from robot_sac.cpu_inference import NumpyActor
 from robot_sac.fileio import write_atomic
-from robot_sac.networks import Actor
+from robot_sac.networks import Actor, overflow_free_obs_bound
+from robot_sac.safety import SafetyEnvelope
 from robot_sac.schemas import TaskSpec
 
 FORMAT = "robot_sac.policy/1"
@@ -242,8 +243,14 @@ class Policy:
         info: the file's metadata.
         sha256: the file's hash.
         actor: the network (eval mode, on :attr:`device`).
-        safe_action: what a non-finite action is replaced with, ``(action_dim,)``.
-        replaced: how many actions so far were non-finite and replaced by ``safe_action``.
+        envelope: the :class:`~robot_sac.safety.SafetyEnvelope` every action goes through (the
+            file's bounds; the safe action given, or zeros clipped into the bounds).
+        obs_bound: the largest ``max |obs_i|`` the network is evaluated for. Beyond it a float32
+            sum inside the network could overflow, and whether it does depends on the order a
+            matrix product sums in (numpy and torch differ, so would the answer for one robot
+            between small and large batches); such rows are answered the safe action on every
+            path and counted as replaced.
+        replaced: how many actions so far (through :meth:`act`) were replaced by the safe action.
     """
 
     def __init__(
@@ -255,27 +262,21 @@ class Policy:
     ) -> None:
         self.info, self.actor, self.sha256 = info, actor.eval(), sha256
         self.device = next(actor.parameters()).device
-        low = torch.tensor(info.action_low, dtype=torch.float32, device=self.device)
-        high = torch.tensor(info.action_high, dtype=torch.float32, device=self.device)
-        self.low, self.high = low, high
-        self._half_range = (high - low) / 2
-        self._center = (high + low) / 2
-        self.set_safe_action(safe_action)
+        self.envelope = SafetyEnvelope(info.action_low, info.action_high, safe_action)
+        self.obs_bound = overflow_free_obs_bound(actor)
         self.replaced = 0
         self._numpy: NumpyActor | None = None
         self._rng = np.random.default_rng()
 
     def set_safe_action(self, safe_action: Sequence[float] | None) -> None:
-        """What a non-finite action is replaced with (default: zeros clipped into the bounds)."""
-        low, high = self.low, self.high
-        if safe_action is None:
-            safe = torch.zeros_like(low).clamp(low, high)
-        else:
-            safe = torch.as_tensor(safe_action, dtype=torch.float32, device=self.device)
-            if safe.shape != low.shape or not bool(((safe >= low) & (safe <= high)).all()):
-                raise ValueError("safe_action must have action_dim entries inside the bounds")
-        self.safe_action = safe
-        self._safe_np = safe.cpu().numpy()
+        """Replace the envelope by one with this safe action (``None``: zeros clipped into the
+        bounds); raises ``ValueError`` unless it has ``action_dim`` finite entries inside them."""
+        self.envelope = self.envelope.with_safe_action(safe_action)
+
+    @property
+    def safe_action(self) -> np.ndarray:
+        """What a non-finite action is replaced with, float32 ``(action_dim,)``."""
+        return self.envelope.safe_action
 
     @property
     def version(self) -> int:
@@ -310,13 +311,10 @@ class Policy:
             unit = torch.where(deterministic.unsqueeze(-1), dist.mode, dist.sample())
         else:
             unit = dist.mode if deterministic else dist.sample()
-        action = torch.addcmul(self._center, unit, self._half_range)
-        finite = torch.isfinite(action)
-        if bool(finite.all()):  # the usual case: one check for the whole batch
-            return torch.clamp(action, self.low, self.high), torch.zeros_like(finite[..., 0])
-        bad = ~finite.all(-1)
-        action = torch.where(bad.unsqueeze(-1), self.safe_action, action)
-        return torch.clamp(action, self.low, self.high), bad
+        # Rows beyond obs_bound: NaN, which the envelope replaces by the safe action.
+        too_large = obs.abs().amax(-1, keepdim=True) > self.obs_bound
+        unit = torch.where(too_large, torch.nan, unit)
+        return self.envelope.to_robot_tensor(unit)
 
     def act_numpy(
         self, obs: np.ndarray, deterministic: bool | np.ndarray = False
@@ -334,19 +332,11 @@ class Policy:
         """
         if self._numpy is None:
             self._numpy = NumpyActor(self.actor)
-            self._bounds_np = (
-                self._center.cpu().numpy(),
-                self._half_range.cpu().numpy(),
-                self.low.cpu().numpy(),
-                self.high.cpu().numpy(),
-            )
-        center, half_range, low, high = self._bounds_np
-        with np.errstate(all="ignore"):  # a non-finite output is handled below, not warned about
-            action = center + self._numpy.unit_actions(obs, deterministic, self._rng) * half_range
-        finite = np.isfinite(action).all(axis=1)
-        if not finite.all():
-            action[~finite] = self._safe_np
-        return np.clip(action, low, high), ~finite
+        with np.errstate(all="ignore"):  # a non-finite output is the envelope's to replace
+            unit = self._numpy.unit_actions(obs, deterministic, self._rng)
+        if not np.abs(obs).max() <= self.obs_bound:  # rare; NaN observations end up here too
+            unit[np.abs(obs).max(axis=1) > self.obs_bound] = np.nan
+        return self.envelope.to_robot_numpy(unit)
 
     def seed(self, seed: int) -> None:
         """Seed the generator of :meth:`act_numpy`'s samples."""
