@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import struct
@@ -36,6 +37,25 @@ from robot_sac.schemas import TaskSpec
 
 FORMAT = "robot_sac.policy/1"
 _MAX_HEADER = 16 * 1024 * 1024
+# Limits on what a file's metadata may ask to be built, checked before anything is allocated: a
+# hostile upload claiming hidden sizes [100000, 100000] would otherwise cost 10**10 floats.
+MAX_HIDDEN_SIZE = 4096
+MAX_HIDDEN_LAYERS = 8
+MAX_DIM = 65_536  # obs_dim and action_dim: the wire's longest vector
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# safetensors dtype codes, named as torch names them, for messages.
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 _FIELDS = (
     "format",
     "family",
@@ -198,13 +218,31 @@ def _check_info(info: PolicyInfo) -> None:
         raise PolicyFileError("metadata", f"unknown policy family {info.family!r}")
     if info.obs_dim < 1 or info.action_dim < 1:
         raise PolicyFileError("metadata", f"obs_dim={info.obs_dim}, action_dim={info.action_dim}")
-    if not info.hidden or min(info.hidden) < 1:
-        raise PolicyFileError("metadata", f"hidden sizes {list(info.hidden)}")
+    if info.obs_dim > MAX_DIM or info.action_dim > MAX_DIM:
+        raise PolicyFileError(
+            "metadata",
+            f"obs_dim={info.obs_dim}, action_dim={info.action_dim}: the limit is {MAX_DIM} each",
+        )
+    if not 1 <= len(info.hidden) <= MAX_HIDDEN_LAYERS:
+        raise PolicyFileError(
+            "metadata",
+            f"{len(info.hidden)} hidden layers: from 1 to {MAX_HIDDEN_LAYERS} are accepted",
+        )
+    if not all(1 <= h <= MAX_HIDDEN_SIZE for h in info.hidden):
+        shown = list(info.hidden)
+        raise PolicyFileError(
+            "metadata", f"hidden sizes {shown}: each must be from 1 to {MAX_HIDDEN_SIZE}"
+        )
     if not (len(info.action_low) == len(info.action_high) == info.action_dim):
         raise PolicyFileError("metadata", "action bounds do not have action_dim entries")
     for i, (lo, hi) in enumerate(zip(info.action_low, info.action_high, strict=True)):
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise PolicyFileError("metadata", f"action bound {i} is [{lo}, {hi}]")
+        # Actions are float32: the bounds must be finite and distinct there too.
+        if not (max(abs(lo), abs(hi)) <= _FLOAT32_MAX and np.float32(lo) < np.float32(hi)):
+            raise PolicyFileError(
+                "metadata", f"action bound {i} is [{lo}, {hi}], not a range in float32"
+            )
     if not (math.isfinite(info.log_std_min) and math.isfinite(info.log_std_max)):
         raise PolicyFileError("metadata", "log_std bounds are not finite")
     if info.log_std_min >= info.log_std_max:
@@ -368,43 +406,95 @@ class Policy:
         return action.to(in_device) if as_torch else action.cpu().numpy()
 
 
+def expected_tensor_shapes(info: PolicyInfo) -> dict[str, tuple[int, ...]]:
+    """The actor's tensor names and shapes that ``info`` implies, computed without building it.
+
+    :func:`~robot_sac.networks.mlp` has a ``Linear`` at every even index of ``net``:
+    ``net.{2i}.weight`` is ``(out, in)`` and ``net.{2i}.bias`` is ``(out,)``, for the sizes
+    ``obs_dim -> hidden... -> 2 * action_dim``.
+    """
+    sizes = [info.obs_dim, *info.hidden, 2 * info.action_dim]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        shapes[f"net.{2 * i}.weight"] = (fan_out, fan_in)
+        shapes[f"net.{2 * i}.bias"] = (fan_out,)
+    return shapes
+
+
+def _check_header(data: bytes, info: PolicyInfo) -> None:
+    """Compare the safetensors header's tensors with what ``info`` implies, before loading any."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])  # read_policy_info parsed it already
+    declared = {k: v for k, v in header.items() if k != "__metadata__"}
+    expected = expected_tensor_shapes(info)
+    if set(declared) != set(expected):
+        extra, absent = sorted(set(declared) - set(expected)), sorted(set(expected) - set(declared))
+        raise PolicyFileError("tensors", f"unexpected {extra}, missing {absent}")
+    payload = len(data) - 8 - header_len
+    for name, shape in expected.items():
+        entry = declared[name]
+        if not isinstance(entry, dict):
+            raise PolicyFileError("format", f"the header entry of {name} is not an object")
+        got = entry.get("shape")
+        if not (isinstance(got, list) and all(type(n) is int for n in got)):
+            raise PolicyFileError("format", f"the header gives {name} no valid shape")
+        if tuple(got) != shape:
+            raise PolicyFileError("shapes", f"{name} has shape {got}, expected {list(shape)}")
+        dtype = entry.get("dtype")
+        if dtype != "F32":
+            shown = _DTYPE_NAMES.get(dtype, repr(dtype)) if isinstance(dtype, str) else repr(dtype)
+            raise PolicyFileError("dtype", f"{name} is {shown}, expected float32")
+        offsets = entry.get("data_offsets")
+        size = 4 * math.prod(shape)
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(n) is int for n in offsets)
+            and offsets[0] >= 0
+            and offsets[1] - offsets[0] == size
+            and offsets[1] <= payload
+        ):
+            raise PolicyFileError(
+                "format",
+                f"the tensor data is corrupt: {name} declares bytes {offsets} for {size} bytes "
+                f"of data, and the file holds {payload}",
+            )
+
+
 def load_policy(
     source: str | Path | bytes,
     sha256: str | None = None,
     device: str | torch.device = "cpu",
     safe_action: Sequence[float] | None = None,
+    *,
+    spec: TaskSpec | None = None,
 ) -> Policy:
     """Load and validate a version file (a path or its bytes).
 
-    Checks, in order: the sha256 when one is given, the safetensors header and the metadata
-    (complete, parseable, consistent), the tensor names and shapes the metadata implies, the dtype,
-    and that every weight is finite. Any failure raises :class:`PolicyFileError`.
+    Checks, in order, each before anything is allocated for the next: the sha256 when one is
+    given; the safetensors header and the metadata (complete, parseable, consistent, within the
+    size limits :data:`MAX_HIDDEN_SIZE`, :data:`MAX_HIDDEN_LAYERS` and :data:`MAX_DIM`); the task,
+    when ``spec`` is given (:func:`check_task`); the tensor names, shapes, dtype and byte ranges
+    the header declares against those the metadata implies; then, once loaded, that every weight
+    is finite. Any failure raises :class:`PolicyFileError`.
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256.lower():
         raise PolicyFileError("sha256", f"expected {sha256}, the file hashes to {digest}")
     info = read_policy_info(data)
+    if spec is not None:
+        check_task(info, spec)
+    _check_header(data, info)
     try:
         tensors = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error type for any corruption
         raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
     actor = Actor(
         info.obs_dim, info.action_dim, info.hidden, info.family, info.log_std_min, info.log_std_max
     )
-    expected = {k: tuple(v.shape) for k, v in actor.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if set(got) != set(expected):
-        extra, absent = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
-        raise PolicyFileError("tensors", f"unexpected {extra}, missing {absent}")
-    for name, shape in expected.items():
-        if got[name] != shape:
-            raise PolicyFileError(
-                "shapes", f"{name} has shape {list(got[name])}, expected {list(shape)}"
-            )
-        if tensors[name].dtype != torch.float32:
-            raise PolicyFileError("dtype", f"{name} is {tensors[name].dtype}, expected float32")
-        if not bool(torch.isfinite(tensors[name]).all()):
-            raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
     actor.load_state_dict(tensors)
     return Policy(info, actor.to(device), digest, safe_action)
