@@ -8,10 +8,21 @@ actions (deterministic) and the same distribution (stochastic).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from robot_sac.networks import Actor, log_std_offset
+
+
+def log_softplus(x: np.ndarray) -> np.ndarray:
+    """``log(softplus(x))`` in numpy: :func:`robot_sac.distributions.log_softplus`'s formula.
+
+    ``x`` below the cut ``2 log(eps)``, ``log(softplus(max(x, cut)))`` above it.
+    """
+    cut = 2.0 * math.log(np.finfo(x.dtype).eps)
+    return np.where(x < cut, x, np.log(np.logaddexp(0.0, np.maximum(x, cut))))
 
 
 class NumpyActor:
@@ -32,7 +43,11 @@ class NumpyActor:
     def unit_actions(
         self, obs: np.ndarray, deterministic: bool | np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
-        """Actions in ``[-1, 1]``, ``(B, action_dim)`` float32, for ``obs`` ``(B, obs_dim)``."""
+        """Actions in ``[-1, 1]``, ``(B, action_dim)`` float32, for ``obs`` ``(B, obs_dim)``.
+
+        Rows whose network output is not finite may come out NaN; call it under
+        ``np.errstate(all="ignore")`` and let the safety envelope replace them.
+        """
         h = obs
         last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
@@ -51,11 +66,16 @@ class NumpyActor:
             noise = rng.standard_normal(first.shape, dtype=np.float32)
             sample = np.tanh(first + scale * noise)
         else:
+            if deterministic is not False:
+                # BoundedBeta.mode from raw outputs: tanh((log s1 - log s0) / 2), s = softplus(raw),
+                # never through the concentrations 1 + s, which round to 1 below raw ~ -16.6.
+                log_s = log_softplus(h)
+                diff = log_s[:, : self.action_dim] - log_s[:, self.action_dim :]
+                mode = np.tanh(0.5 * diff).astype(np.float32, copy=False)
+                if deterministic is True:
+                    return mode
             c1 = 1.0 + np.logaddexp(0.0, first)  # 1 + softplus: the Beta stays unimodal
             c0 = 1.0 + np.logaddexp(0.0, second)
-            mode = 2.0 * (c1 - 1.0) / (c1 + c0 - 2.0) - 1.0
-            if deterministic is True:
-                return mode.astype(np.float32)
             sample = (2.0 * rng.beta(c1, c0) - 1.0).astype(np.float32)
         if deterministic is False:
             return sample.astype(np.float32, copy=False)

@@ -101,18 +101,70 @@ class TanhNormal:
         return torch.tanh(self.loc)
 
 
+def log_softplus_cut(dtype: torch.dtype) -> float:
+    """Below ``2 log(eps)`` of ``dtype``, ``log(softplus(x))`` equals ``x`` to within rounding.
+
+    ``log(softplus(x)) = x + log(log1p(e) / e)`` with ``e = exp(x)``, and the correction is about
+    ``-e / 2``: under ``eps**2`` there, far below half an ulp of ``x`` (about -31.8 in float32,
+    -72 in float64). Above the cut ``exp(x)`` is a normal float, so ``log1p`` of it is accurate in
+    every math library (it is not for subnormals).
+    """
+    return 2.0 * math.log(torch.finfo(dtype).eps)
+
+
+def log_softplus(x: Tensor) -> Tensor:
+    """``log(softplus(x)) = log(log(1 + exp(x)))``, elementwise, accurate for every float ``x``.
+
+    ``x`` itself below :func:`log_softplus_cut` (where ``softplus`` alone would lose precision and
+    then underflow to 0 near -104 in float32, whose log is ``-inf``); ``log(softplus(x))`` above,
+    with the input clamped to the cut so the branch not taken stays finite. ``-inf`` gives
+    ``-inf``, ``inf`` gives ``inf``, NaN gives NaN. ``robot_sac.cpu_inference.log_softplus`` is
+    the same in numpy.
+    """
+    cut = log_softplus_cut(x.dtype)
+    return torch.where(x < cut, x, torch.log(F.softplus(torch.clamp(x, min=cut))))
+
+
+def beta_mode_from_log_excess(log_excess1: Tensor, log_excess0: Tensor) -> Tensor:
+    """The mode on ``[-1, 1]`` of ``Beta(1 + exp(l1), 1 + exp(l0))``, given ``l1`` and ``l0``.
+
+    With ``a_i = c_i - 1 > 0`` the mode on ``[0, 1]`` is ``a1 / (a1 + a0) = sigmoid(l1 - l0)``, so
+    on ``[-1, 1]`` it is ``2 sigmoid(d) - 1 = tanh(d / 2)`` with ``d = l1 - l0``: interior, finite
+    and continuous for any finite ``l``. Equal values (infinite ones included) give the centre.
+    """
+    d = torch.where(log_excess1 == log_excess0, 0.0, log_excess1 - log_excess0)
+    return torch.tanh(0.5 * d)
+
+
 class BoundedBeta:
     """A Beta distribution on ``[0, 1]`` stretched onto ``[-1, 1]``, independent per dimension.
 
     Args:
         concentration1: the Beta's alpha, shape ``(*batch, action_dim)``, positive.
         concentration0: the Beta's beta, same shape, positive.
+        raw: optional ``(raw1, raw0)``, same shapes, when the concentrations are
+            ``1 + softplus(raw)`` (the actor's parameterisation; build those with
+            :meth:`from_raw`). The mode is then computed from ``raw`` rather than from the
+            rounded concentrations: in float32, ``1 + softplus(raw)`` is exactly 1 once ``raw`` is
+            below about -16.6, which would lose the mode ``s1 / (s1 + s0)``.
     """
 
-    def __init__(self, concentration1: Tensor, concentration0: Tensor) -> None:
+    def __init__(
+        self,
+        concentration1: Tensor,
+        concentration0: Tensor,
+        *,
+        raw: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         self.concentration1 = concentration1
         self.concentration0 = concentration0
+        self.raw = raw
         self.base = torch.distributions.Beta(concentration1, concentration0, validate_args=False)
+
+    @classmethod
+    def from_raw(cls, raw1: Tensor, raw0: Tensor) -> BoundedBeta:
+        """The actor's Beta: concentrations ``1 + softplus(raw)``, each above 1 (unimodal)."""
+        return cls(1.0 + F.softplus(raw1), 1.0 + F.softplus(raw0), raw=(raw1, raw0))
 
     def rsample_and_log_prob(self) -> tuple[Tensor, Tensor]:
         """A sample differentiable by implicit reparameterization, and its log-probability.
@@ -144,8 +196,25 @@ class BoundedBeta:
 
     @property
     def mode(self) -> Tensor:
-        """The most likely action; the mean where the Beta has no interior mode."""
+        """The most likely action, ``(*batch, action_dim)`` in ``[-1, 1]``; NaN only for NaN input.
+
+        From ``raw`` (the actor's Beta): ``tanh((log softplus(raw1) - log softplus(raw0)) / 2)``,
+        the exact mode ``2 s1 / (s1 + s0) - 1`` without rounding the concentrations.
+
+        From the concentrations alone: where both exceed 1 the density has an interior peak at
+        ``(c1 - 1) / (c1 + c0 - 2)`` on ``[0, 1]``. Otherwise the density peaks (or is unbounded)
+        at an end: ``c1 <= 1 < c0`` gives -1, ``c0 <= 1 < c1`` gives +1, and when both are at most
+        1 the end whose concentration is smaller wins, with the centre 0 on a tie (the uniform
+        ``Beta(1, 1)`` and the symmetric U-shapes).
+        """
+        if self.raw is not None:
+            # Equal infinite raw outputs (an overflowed network) give NaN here, not the centre.
+            return torch.tanh(0.5 * (log_softplus(self.raw[0]) - log_softplus(self.raw[1])))
         c1, c0 = self.concentration1, self.concentration0
-        interior = (c1 > 1.0) & (c0 > 1.0)
-        x = torch.where(interior, (c1 - 1.0) / (c1 + c0 - 2.0).clamp_min(1e-12), c1 / (c1 + c0))
-        return 2.0 * x - 1.0
+        a1, a0 = c1 - 1.0, c0 - 1.0
+        interior = (a1 > 0.0) & (a0 > 0.0)
+        # log(c - 1) written as a ratio of logs so huge concentrations cannot overflow a sum;
+        # where a is not positive the value is not used (the guard keeps it finite).
+        tiny = torch.finfo(a1.dtype).tiny
+        inner = beta_mode_from_log_excess(a1.clamp_min(tiny).log(), a0.clamp_min(tiny).log())
+        return torch.where(interior, inner, torch.sign(c1 - c0))

@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -83,7 +84,47 @@ class Actor(nn.Module):
         if self.family == "tanh_normal":
             log_std = self._log_std(second)
             return TanhNormal(first, log_std.exp(), log_scale=log_std)
-        return BoundedBeta(1.0 + F.softplus(first), 1.0 + F.softplus(second))
+        return BoundedBeta.from_raw(first, second)
+
+
+# No intermediate value of a float32 forward pass may exceed this; 2**120 leaves a factor of 256
+# below float32's largest value for the rounding of long sums.
+_FLOAT32_SAFE_MAGNITUDE = 2.0**120
+
+
+def overflow_free_obs_bound(actor: Actor) -> float:
+    """The largest ``max |obs_i|`` for which no value in ``actor.net``'s float32 pass can overflow.
+
+    Each layer maps a bound ``B`` on ``max |x|`` to ``B * max_i sum_j |W_ij| + max_i |b_i|`` (ReLU
+    only shrinks magnitudes), so every layer's bound is affine in the observation's bound ``B_0``:
+    ``a_l * B_0 + c_l``. Requiring each to stay below ``2**120`` gives the answer. Below it, the
+    forward pass is finite whatever order a matrix product sums in; above it, whether a sum
+    overflows depends on that order, which differs between numpy and torch and between batch
+    sizes, so the serving paths treat such rows alike (see :class:`~robot_sac.policy.Policy`).
+
+    Returns:
+        A float32-representable bound (compare it with float32 observations exactly); -1.0 when
+        even a zero observation is not safe (weights or biases too large).
+    """
+    a, c = 1.0, 0.0
+    limit = _FLOAT32_SAFE_MAGNITUDE
+    bound = math.inf
+    with torch.no_grad():
+        for m in actor.net:
+            if not isinstance(m, nn.Linear):
+                continue
+            w = m.weight.detach().double().abs()
+            norm = float(w.sum(1).max())  # largest row sum: the inf -> inf operator norm
+            shift = float(m.bias.detach().double().abs().max())
+            a, c = a * norm, c * norm + shift
+            if not (math.isfinite(c) and c <= limit):
+                return -1.0
+            if a > 0.0:
+                bound = min(bound, (limit - c) / a)
+    bound32 = np.float32(min(bound, float(np.finfo(np.float32).max)))
+    if float(bound32) > bound:  # rounding to float32 must not loosen the bound
+        bound32 = np.nextafter(bound32, np.float32(0.0))
+    return float(bound32)
 
 
 class TwinCritic(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import struct
@@ -30,11 +31,31 @@ from torch import Tensor
 from robot_sac.config import PolicyFamily
 from robot_sac.cpu_inference import NumpyActor
 from robot_sac.fileio import write_atomic
-from robot_sac.networks import Actor
+from robot_sac.networks import Actor, overflow_free_obs_bound
+from robot_sac.safety import SafetyEnvelope
 from robot_sac.schemas import TaskSpec
 
 FORMAT = "robot_sac.policy/1"
 _MAX_HEADER = 16 * 1024 * 1024
+# Limits on what a file's metadata may ask to be built, checked before anything is allocated: a
+# hostile upload claiming hidden sizes [100000, 100000] would otherwise cost 10**10 floats.
+MAX_HIDDEN_SIZE = 4096
+MAX_HIDDEN_LAYERS = 8
+MAX_DIM = 65_536  # obs_dim and action_dim: the wire's longest vector
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# safetensors dtype codes, named as torch names them, for messages.
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 _FIELDS = (
     "format",
     "family",
@@ -197,13 +218,31 @@ def _check_info(info: PolicyInfo) -> None:
         raise PolicyFileError("metadata", f"unknown policy family {info.family!r}")
     if info.obs_dim < 1 or info.action_dim < 1:
         raise PolicyFileError("metadata", f"obs_dim={info.obs_dim}, action_dim={info.action_dim}")
-    if not info.hidden or min(info.hidden) < 1:
-        raise PolicyFileError("metadata", f"hidden sizes {list(info.hidden)}")
+    if info.obs_dim > MAX_DIM or info.action_dim > MAX_DIM:
+        raise PolicyFileError(
+            "metadata",
+            f"obs_dim={info.obs_dim}, action_dim={info.action_dim}: the limit is {MAX_DIM} each",
+        )
+    if not 1 <= len(info.hidden) <= MAX_HIDDEN_LAYERS:
+        raise PolicyFileError(
+            "metadata",
+            f"{len(info.hidden)} hidden layers: from 1 to {MAX_HIDDEN_LAYERS} are accepted",
+        )
+    if not all(1 <= h <= MAX_HIDDEN_SIZE for h in info.hidden):
+        shown = list(info.hidden)
+        raise PolicyFileError(
+            "metadata", f"hidden sizes {shown}: each must be from 1 to {MAX_HIDDEN_SIZE}"
+        )
     if not (len(info.action_low) == len(info.action_high) == info.action_dim):
         raise PolicyFileError("metadata", "action bounds do not have action_dim entries")
     for i, (lo, hi) in enumerate(zip(info.action_low, info.action_high, strict=True)):
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise PolicyFileError("metadata", f"action bound {i} is [{lo}, {hi}]")
+        # Actions are float32: the bounds must be finite and distinct there too.
+        if not (max(abs(lo), abs(hi)) <= _FLOAT32_MAX and np.float32(lo) < np.float32(hi)):
+            raise PolicyFileError(
+                "metadata", f"action bound {i} is [{lo}, {hi}], not a range in float32"
+            )
     if not (math.isfinite(info.log_std_min) and math.isfinite(info.log_std_max)):
         raise PolicyFileError("metadata", "log_std bounds are not finite")
     if info.log_std_min >= info.log_std_max:
@@ -242,8 +281,14 @@ class Policy:
         info: the file's metadata.
         sha256: the file's hash.
         actor: the network (eval mode, on :attr:`device`).
-        safe_action: what a non-finite action is replaced with, ``(action_dim,)``.
-        replaced: how many actions so far were non-finite and replaced by ``safe_action``.
+        envelope: the :class:`~robot_sac.safety.SafetyEnvelope` every action goes through (the
+            file's bounds; the safe action given, or zeros clipped into the bounds).
+        obs_bound: the largest ``max |obs_i|`` the network is evaluated for. Beyond it a float32
+            sum inside the network could overflow, and whether it does depends on the order a
+            matrix product sums in (numpy and torch differ, so would the answer for one robot
+            between small and large batches); such rows are answered the safe action on every
+            path and counted as replaced.
+        replaced: how many actions so far (through :meth:`act`) were replaced by the safe action.
     """
 
     def __init__(
@@ -255,27 +300,21 @@ class Policy:
     ) -> None:
         self.info, self.actor, self.sha256 = info, actor.eval(), sha256
         self.device = next(actor.parameters()).device
-        low = torch.tensor(info.action_low, dtype=torch.float32, device=self.device)
-        high = torch.tensor(info.action_high, dtype=torch.float32, device=self.device)
-        self.low, self.high = low, high
-        self._half_range = (high - low) / 2
-        self._center = (high + low) / 2
-        self.set_safe_action(safe_action)
+        self.envelope = SafetyEnvelope(info.action_low, info.action_high, safe_action)
+        self.obs_bound = overflow_free_obs_bound(actor)
         self.replaced = 0
         self._numpy: NumpyActor | None = None
         self._rng = np.random.default_rng()
 
     def set_safe_action(self, safe_action: Sequence[float] | None) -> None:
-        """What a non-finite action is replaced with (default: zeros clipped into the bounds)."""
-        low, high = self.low, self.high
-        if safe_action is None:
-            safe = torch.zeros_like(low).clamp(low, high)
-        else:
-            safe = torch.as_tensor(safe_action, dtype=torch.float32, device=self.device)
-            if safe.shape != low.shape or not bool(((safe >= low) & (safe <= high)).all()):
-                raise ValueError("safe_action must have action_dim entries inside the bounds")
-        self.safe_action = safe
-        self._safe_np = safe.cpu().numpy()
+        """Replace the envelope by one with this safe action (``None``: zeros clipped into the
+        bounds); raises ``ValueError`` unless it has ``action_dim`` finite entries inside them."""
+        self.envelope = self.envelope.with_safe_action(safe_action)
+
+    @property
+    def safe_action(self) -> np.ndarray:
+        """What a non-finite action is replaced with, float32 ``(action_dim,)``."""
+        return self.envelope.safe_action
 
     @property
     def version(self) -> int:
@@ -310,13 +349,10 @@ class Policy:
             unit = torch.where(deterministic.unsqueeze(-1), dist.mode, dist.sample())
         else:
             unit = dist.mode if deterministic else dist.sample()
-        action = torch.addcmul(self._center, unit, self._half_range)
-        finite = torch.isfinite(action)
-        if bool(finite.all()):  # the usual case: one check for the whole batch
-            return torch.clamp(action, self.low, self.high), torch.zeros_like(finite[..., 0])
-        bad = ~finite.all(-1)
-        action = torch.where(bad.unsqueeze(-1), self.safe_action, action)
-        return torch.clamp(action, self.low, self.high), bad
+        # Rows beyond obs_bound: NaN, which the envelope replaces by the safe action.
+        too_large = obs.abs().amax(-1, keepdim=True) > self.obs_bound
+        unit = torch.where(too_large, torch.nan, unit)
+        return self.envelope.to_robot_tensor(unit)
 
     def act_numpy(
         self, obs: np.ndarray, deterministic: bool | np.ndarray = False
@@ -334,19 +370,11 @@ class Policy:
         """
         if self._numpy is None:
             self._numpy = NumpyActor(self.actor)
-            self._bounds_np = (
-                self._center.cpu().numpy(),
-                self._half_range.cpu().numpy(),
-                self.low.cpu().numpy(),
-                self.high.cpu().numpy(),
-            )
-        center, half_range, low, high = self._bounds_np
-        with np.errstate(all="ignore"):  # a non-finite output is handled below, not warned about
-            action = center + self._numpy.unit_actions(obs, deterministic, self._rng) * half_range
-        finite = np.isfinite(action).all(axis=1)
-        if not finite.all():
-            action[~finite] = self._safe_np
-        return np.clip(action, low, high), ~finite
+        with np.errstate(all="ignore"):  # a non-finite output is the envelope's to replace
+            unit = self._numpy.unit_actions(obs, deterministic, self._rng)
+        if not np.abs(obs).max() <= self.obs_bound:  # rare; NaN observations end up here too
+            unit[np.abs(obs).max(axis=1) > self.obs_bound] = np.nan
+        return self.envelope.to_robot_numpy(unit)
 
     def seed(self, seed: int) -> None:
         """Seed the generator of :meth:`act_numpy`'s samples."""
@@ -378,43 +406,95 @@ class Policy:
         return action.to(in_device) if as_torch else action.cpu().numpy()
 
 
+def expected_tensor_shapes(info: PolicyInfo) -> dict[str, tuple[int, ...]]:
+    """The actor's tensor names and shapes that ``info`` implies, computed without building it.
+
+    :func:`~robot_sac.networks.mlp` has a ``Linear`` at every even index of ``net``:
+    ``net.{2i}.weight`` is ``(out, in)`` and ``net.{2i}.bias`` is ``(out,)``, for the sizes
+    ``obs_dim -> hidden... -> 2 * action_dim``.
+    """
+    sizes = [info.obs_dim, *info.hidden, 2 * info.action_dim]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        shapes[f"net.{2 * i}.weight"] = (fan_out, fan_in)
+        shapes[f"net.{2 * i}.bias"] = (fan_out,)
+    return shapes
+
+
+def _check_header(data: bytes, info: PolicyInfo) -> None:
+    """Compare the safetensors header's tensors with what ``info`` implies, before loading any."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])  # read_policy_info parsed it already
+    declared = {k: v for k, v in header.items() if k != "__metadata__"}
+    expected = expected_tensor_shapes(info)
+    if set(declared) != set(expected):
+        extra, absent = sorted(set(declared) - set(expected)), sorted(set(expected) - set(declared))
+        raise PolicyFileError("tensors", f"unexpected {extra}, missing {absent}")
+    payload = len(data) - 8 - header_len
+    for name, shape in expected.items():
+        entry = declared[name]
+        if not isinstance(entry, dict):
+            raise PolicyFileError("format", f"the header entry of {name} is not an object")
+        got = entry.get("shape")
+        if not (isinstance(got, list) and all(type(n) is int for n in got)):
+            raise PolicyFileError("format", f"the header gives {name} no valid shape")
+        if tuple(got) != shape:
+            raise PolicyFileError("shapes", f"{name} has shape {got}, expected {list(shape)}")
+        dtype = entry.get("dtype")
+        if dtype != "F32":
+            shown = _DTYPE_NAMES.get(dtype, repr(dtype)) if isinstance(dtype, str) else repr(dtype)
+            raise PolicyFileError("dtype", f"{name} is {shown}, expected float32")
+        offsets = entry.get("data_offsets")
+        size = 4 * math.prod(shape)
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(n) is int for n in offsets)
+            and offsets[0] >= 0
+            and offsets[1] - offsets[0] == size
+            and offsets[1] <= payload
+        ):
+            raise PolicyFileError(
+                "format",
+                f"the tensor data is corrupt: {name} declares bytes {offsets} for {size} bytes "
+                f"of data, and the file holds {payload}",
+            )
+
+
 def load_policy(
     source: str | Path | bytes,
     sha256: str | None = None,
     device: str | torch.device = "cpu",
     safe_action: Sequence[float] | None = None,
+    *,
+    spec: TaskSpec | None = None,
 ) -> Policy:
     """Load and validate a version file (a path or its bytes).
 
-    Checks, in order: the sha256 when one is given, the safetensors header and the metadata
-    (complete, parseable, consistent), the tensor names and shapes the metadata implies, the dtype,
-    and that every weight is finite. Any failure raises :class:`PolicyFileError`.
+    Checks, in order, each before anything is allocated for the next: the sha256 when one is
+    given; the safetensors header and the metadata (complete, parseable, consistent, within the
+    size limits :data:`MAX_HIDDEN_SIZE`, :data:`MAX_HIDDEN_LAYERS` and :data:`MAX_DIM`); the task,
+    when ``spec`` is given (:func:`check_task`); the tensor names, shapes, dtype and byte ranges
+    the header declares against those the metadata implies; then, once loaded, that every weight
+    is finite. Any failure raises :class:`PolicyFileError`.
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256.lower():
         raise PolicyFileError("sha256", f"expected {sha256}, the file hashes to {digest}")
     info = read_policy_info(data)
+    if spec is not None:
+        check_task(info, spec)
+    _check_header(data, info)
     try:
         tensors = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error type for any corruption
         raise PolicyFileError("format", f"the tensor data is corrupt: {exc}") from exc
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
     actor = Actor(
         info.obs_dim, info.action_dim, info.hidden, info.family, info.log_std_min, info.log_std_max
     )
-    expected = {k: tuple(v.shape) for k, v in actor.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if set(got) != set(expected):
-        extra, absent = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
-        raise PolicyFileError("tensors", f"unexpected {extra}, missing {absent}")
-    for name, shape in expected.items():
-        if got[name] != shape:
-            raise PolicyFileError(
-                "shapes", f"{name} has shape {list(got[name])}, expected {list(shape)}"
-            )
-        if tensors[name].dtype != torch.float32:
-            raise PolicyFileError("dtype", f"{name} is {tensors[name].dtype}, expected float32")
-        if not bool(torch.isfinite(tensors[name]).all()):
-            raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
     actor.load_state_dict(tensors)
     return Policy(info, actor.to(device), digest, safe_action)

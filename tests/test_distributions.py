@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -148,8 +149,8 @@ def test_bounded_beta_density_integrates_to_one():
 def test_bounded_beta_mode_and_mean():
     c1, c0 = torch.tensor([[3.0, 3.0, 0.5]]), torch.tensor([[3.0, 2.0, 0.5]])
     mode = BoundedBeta(c1, c0).mode
-    # Beta(3,3) peaks at 0.5 -> 0; Beta(3,2) at 2/3 -> 1/3; Beta(.5,.5) has no interior mode,
-    # so the mean 0.5 -> 0 is answered.
+    # Beta(3,3) peaks at 0.5 -> 0; Beta(3,2) at 2/3 -> 1/3; Beta(.5,.5) is a symmetric U, whose
+    # two unbounded ends tie: the centre 0 is answered.
     torch.testing.assert_close(mode, torch.tensor([[0.0, 1.0 / 3.0, 0.0]]))
     torch.manual_seed(0)
     action, _ = BoundedBeta(
@@ -187,3 +188,91 @@ def test_sample_follows_the_same_distribution_as_rsample(family):
     # the quartiles agree too (a distribution check, not only the first two moments)
     q = torch.tensor([0.25, 0.5, 0.75])
     torch.testing.assert_close(fast[:, 0].quantile(q), slow[:, 0].quantile(q), atol=0.01, rtol=0)
+
+
+def beta_mode_by_grid(c1: float, c0: float) -> float:
+    """The argmax on [-1, 1] of the Beta log-density, by brute force on a fine float64 grid."""
+    x = np.linspace(0.0, 1.0, 200_001)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logpdf = (c1 - 1.0) * np.log(x) + (c0 - 1.0) * np.log1p(-x)
+    logpdf[0] = np.inf if c1 < 1 else (0.0 if c1 == 1 and c0 >= 1 else logpdf[0])
+    logpdf[-1] = np.inf if c0 < 1 else (0.0 if c0 == 1 and c1 >= 1 else logpdf[-1])
+    logpdf = np.nan_to_num(logpdf, nan=-np.inf)
+    return float(2.0 * x[int(np.argmax(logpdf))] - 1.0)
+
+
+@pytest.mark.parametrize(
+    ("c1", "c0", "expected"),
+    [
+        (3.0, 2.0, 1.0 / 3.0),  # interior
+        (2.0, 7.0, 2 * (1.0 / 7.0) - 1.0),  # interior
+        (1.0, 2.0, -1.0),  # c1 <= 1 < c0: density 2(1 - x), largest at 0
+        (0.3, 5.0, -1.0),
+        (2.0, 1.0, 1.0),  # c0 <= 1 < c1
+        (5.0, 0.3, 1.0),
+        (0.5, 0.8, -1.0),  # both below 1: the end with the smaller concentration
+        (0.8, 0.5, 1.0),
+        (1.0, 0.5, 1.0),  # (1 - x)^-0.5 grows without bound at 1
+        (0.5, 1.0, -1.0),
+        (0.5, 0.5, 0.0),  # a tie: the centre
+        (1.0, 1.0, 0.0),  # uniform: the centre
+        (1.0 + 2**-20, 1.0 + 2**-21, 2 * (2.0 / 3.0) - 1),  # barely interior, exact in float32
+        (3e38, 1e38, 2 * 0.75 - 1),  # huge: no overflow in c1 + c0
+    ],
+)
+def test_bounded_beta_mode_for_any_concentrations(c1: float, c0: float, expected: float):
+    mode = BoundedBeta(torch.tensor([c1]), torch.tensor([c0])).mode
+    assert float(mode[0]) == pytest.approx(expected, abs=2e-6)
+    if max(c1, c0) < 100 and max(c1, c0) > 1:  # a unique argmax: brute force agrees with it
+        assert float(mode[0]) == pytest.approx(beta_mode_by_grid(c1, c0), abs=2e-5)
+
+
+def test_bounded_beta_mode_is_never_nan_on_a_grid_of_concentrations():
+    values = torch.tensor([1e-30, 1e-3, 0.5, 1.0 - 2**-24, 1.0, 1.0 + 2**-23, 1.5, 2.0, 1e10, 3e38])
+    c1, c0 = torch.meshgrid(values, values, indexing="ij")
+    mode = BoundedBeta(c1, c0).mode
+    assert bool(torch.isfinite(mode).all()) and bool((mode.abs() <= 1).all())
+    # swapping the concentrations mirrors the mode
+    torch.testing.assert_close(BoundedBeta(c0, c1).mode, -mode)
+
+
+def test_actor_beta_mode_from_raw_outputs_is_exact_where_concentrations_round_to_one():
+    # In float32 1 + softplus(-17) is exactly 1; the mode s1 / (s1 + s0) on [0, 1] is still
+    # well defined and interior. Reference: float64 softplus.
+    raw1 = torch.tensor([-17.0, -20.0, -30.0, -16.5, 3.0, -100.0, -1e4, 50.0, 0.0])
+    raw0 = torch.tensor([-16.0, -25.0, -17.0, -16.7, -40.0, -101.0, -1e4 - 2.0, 60.0, 1e4])
+    dist = BoundedBeta.from_raw(raw1, raw0)
+    assert bool((dist.concentration1[:3] == 1.0).all())  # the rounding the raw values avoid
+    expected = []
+    with mpmath.workdps(50):
+        for r1, r0 in zip(raw1.tolist(), raw0.tolist(), strict=True):
+            s1, s0 = mpmath.log1p(mpmath.exp(r1)), mpmath.log1p(mpmath.exp(r0))
+            expected.append(float(2 * s1 / (s1 + s0) - 1))
+    np.testing.assert_allclose(dist.mode.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_log_softplus_matches_float64_and_the_numpy_twin():
+    from robot_sac.cpu_inference import log_softplus as log_softplus_np
+    from robot_sac.distributions import log_softplus
+
+    x = np.concatenate(
+        [
+            -np.logspace(-8, 38, 400),
+            np.logspace(-8, 38, 400),
+            # around -16.6 (1 + softplus rounds to 1) and -87.3 .. -103.9 (exp(x) is subnormal)
+            np.array([0.0, -16.6, -87.0, -87.5, -88.8, -95.0, -100.0, -103.0, -104.0, -150.0]),
+        ]
+    ).astype(np.float32)
+    with mpmath.workdps(50):
+        ref = np.array([float(mpmath.log(mpmath.log1p(mpmath.exp(float(v))))) for v in x])
+    ours = log_softplus(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(log_softplus_np(x), ours, rtol=1e-6, atol=1e-6)
+        special = np.array([-np.inf, np.inf, np.nan], np.float32)
+        np.testing.assert_array_equal(log_softplus_np(special), [-np.inf, np.inf, np.nan])
+    torch.testing.assert_close(
+        log_softplus(torch.from_numpy(special)),
+        torch.tensor([-np.inf, np.inf, np.nan]),
+        equal_nan=True,
+    )

@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import struct
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +15,17 @@ import pytest
 import safetensors.torch
 import torch
 
+import robot_sac.policy as policy_module
 from robot_sac.networks import Actor
 from robot_sac.policy import (
     PolicyFileError,
+    expected_tensor_shapes,
     load_policy,
     policy_bytes,
     read_policy_info,
     save_policy,
 )
+from robot_sac.schemas import TaskSpec
 
 LOW, HIGH = [-2.0, 0.0, -0.5], [2.0, 1.0, 0.5]
 
@@ -191,3 +196,107 @@ def test_beta_family_round_trip(tmp_path: Path):
     pi = load_policy(path)
     a = pi.act(np.zeros((10, 4), np.float32))
     assert a.shape == (10, 2) and (np.abs(a[:, 1]) <= 3).all()
+
+
+# --- a file is checked against the task and its own header before anything is built ---------
+
+
+@pytest.fixture
+def nothing_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if load_policy builds an actor or loads tensor data."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_policy allocated before refusing the file")
+
+    monkeypatch.setattr(policy_module, "Actor", forbidden)
+    monkeypatch.setattr(policy_module, "load_safetensors", forbidden)
+
+
+def test_huge_hidden_sizes_in_metadata_are_refused_before_any_allocation(
+    actor: Actor, nothing_is_built: None
+):
+    data = policy_bytes(actor, LOW, HIGH, version=1)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        refused(rewrite(data, hidden="[100000, 100000]"), "metadata", "each must be from 1 to 4096")
+        refused(rewrite(data, hidden=json.dumps([8] * 9)), "metadata", "from 1 to 8 are accepted")
+        refused(rewrite(data, obs_dim="1000000"), "metadata", "the limit is 65536")
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5
+    assert (
+        peak < 2_000_000
+    )  # bytes: the file and its parsed header, nothing in proportion to 10**10
+
+
+def lying_file(meta: dict[str, str], declared: dict[str, list[int]], payload: bytes) -> bytes:
+    """A safetensors file whose header declares ``declared`` shapes over ``payload`` bytes."""
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, shape in declared.items():
+        size = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+def test_a_header_declaring_more_data_than_the_file_holds_is_refused_unloaded(
+    actor: Actor, nothing_is_built: None
+):
+    meta = read_policy_info(policy_bytes(actor, LOW, HIGH, version=1)).metadata()
+    meta["hidden"] = "[4096, 4096]"  # within the limits, and the shapes match the metadata
+    shapes = expected_tensor_shapes(read_policy_info(lying_file(meta, {}, b"")))
+    data = lying_file(meta, {k: list(v) for k, v in shapes.items()}, b"\0" * 64)
+    start = time.perf_counter()
+    refused(data, "format", r"corrupt: net\.0\.weight declares bytes \[0, 98304\]")
+    assert time.perf_counter() - start < 0.5
+
+
+def test_header_shapes_names_and_dtypes_are_checked_before_loading(
+    actor: Actor, nothing_is_built: None
+):
+    data = policy_bytes(actor, LOW, HIGH, version=1)
+    refused(rewrite(data, hidden="[64, 64]"), "shapes", r"net\.0\.weight has shape \[32, 6\]")
+    tensors = safetensors.torch.load(data)
+    tensors["net.4.bias"] = tensors["net.4.bias"].half()
+    refused(rewrite(data, tensors), "dtype", r"net\.4\.bias is float16, expected float32")
+    del tensors["net.4.bias"]
+    refused(rewrite(data, tensors), "tensors", r"missing \['net\.4\.bias'\]")
+
+
+def test_expected_tensor_shapes_match_the_actor_built_from_the_metadata(actor: Actor):
+    info = read_policy_info(policy_bytes(actor, LOW, HIGH, version=1))
+    built = {k: tuple(v.shape) for k, v in actor.state_dict().items()}
+    assert expected_tensor_shapes(info) == built
+    deep = Actor(5, 2, hidden=(7, 3, 11), family="beta")
+    info = read_policy_info(policy_bytes(deep, [-1, -1], [1, 1], version=1))
+    assert expected_tensor_shapes(info) == {k: tuple(v.shape) for k, v in deep.state_dict().items()}
+
+
+def test_a_file_for_another_task_is_refused_before_anything_is_built(
+    actor: Actor, monkeypatch: pytest.MonkeyPatch
+):
+    data = policy_bytes(actor, LOW, HIGH, version=1)
+    same = TaskSpec(obs_dim=6, action_low=tuple(LOW), action_high=tuple(HIGH))
+    assert load_policy(data, spec=same).obs_dim == 6
+    monkeypatch.setattr(policy_module, "Actor", lambda *a, **k: pytest.fail("built an actor"))
+    monkeypatch.setattr(policy_module, "_check_header", lambda *a: pytest.fail("read the header"))
+    other_dims = TaskSpec(obs_dim=7, action_low=tuple(LOW), action_high=tuple(HIGH))
+    refused(data, "task", "obs_dim 6, action_dim 3; the task has 7, 3", spec=other_dims)
+    other_bounds = TaskSpec(obs_dim=6, action_low=(-1.0, 0.0, -0.5), action_high=tuple(HIGH))
+    refused(data, "task", "action_low", spec=other_bounds)
+
+
+def test_bounds_that_are_not_a_float32_range_are_refused(actor: Actor):
+    data = policy_bytes(actor, LOW, HIGH, version=1)
+    refused(rewrite(data, action_high="[1e39, 1.0, 0.5]"), "metadata", "not a range in float32")
+    refused(
+        rewrite(data, action_low="[1.0, 0.0, -0.5]", action_high="[1.00000001, 1.0, 0.5]"),
+        "metadata",
+        "not a range in float32",
+    )
