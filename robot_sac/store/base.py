@@ -2,7 +2,9 @@
 
 Processes talk only through the store (and HTTP), so this interface is narrow and its SQL
 portable: SQLite is the default backend, PostgreSQL a second file. Every method is synchronous
-and thread-safe; the service calls it from worker threads.
+and thread-safe; the service calls it from worker threads. Trouble with the store itself is a
+:class:`StoreBusy` (locked for longer than the store was told to wait) or a
+:class:`StoreUnavailable` (anything else the database failed at), never a driver's own exception.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ _UPSERT_TALLY = """
     ON CONFLICT (robot_id, episode_id, policy_version) DO UPDATE SET
         steps = episode_tallies.steps + excluded.steps,
         reward_sum = episode_tallies.reward_sum + excluded.reward_sum,
-        ended = MAX(episode_tallies.ended, excluded.ended)
+        ended = CASE WHEN excluded.ended = 1 THEN 1 ELSE episode_tallies.ended END
 """
 # Schema 1 -> 2: the tallies of every episode already logged, from its stored rows.
 _BACKFILL_TALLIES = """
@@ -548,10 +548,10 @@ class SQLiteStore(Store):
                         except TransitionConflict as exc:
                             if not several:
                                 raise
-                            conn.execute("ROLLBACK TO batch")
+                            conn.execute("ROLLBACK TO SAVEPOINT batch")
                             pending.accepted, pending.error = 0, exc
                     if several:
-                        conn.execute("RELEASE batch")
+                        conn.execute("RELEASE SAVEPOINT batch")
                 if stored:
                     conn.execute(
                         "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
