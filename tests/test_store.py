@@ -2,12 +2,13 @@
 
 Covers, on real files and without mocks: append/read round trips (float32 bit-identical vectors,
 flags, ``policy_version``), tailing the log by position, idempotent appends (retries, repeats
-inside a batch, first write wins; plus a hypothesis property over random retried and reordered
-batches), refusal of bad input with the whole batch left out, episode returns and their crediting
-to versions, the registry (version 0, numbering that never reuses a number, not even after a
-failed write or a reopen, metadata rewritten to the registered number), control state and learner
-status persisting across reopen, refusal of a data directory made for another task, concurrent
-writers (threads and processes), two processes creating one version 0, and ``open_store`` URLs.
+inside a batch; plus a hypothesis property over random retried and reordered batches), the same key
+with other content refused as a conflict, refusal of bad input with the whole batch left out,
+episode returns and their crediting to versions, the registry (version 0, numbering that never
+reuses a number, not even after a failed write or a reopen, metadata rewritten to the registered
+number), control state and learner status persisting across reopen, refusal of a data directory
+made for another task, concurrent writers (threads and processes), two processes creating one
+version 0, and ``open_store`` URLs.
 
 Every backend-agnostic test goes through the ``make_store`` fixture and the public ``Store``
 interface only, so a second backend joins by adding its name to ``BACKENDS`` and a branch to
@@ -48,6 +49,7 @@ from robot_sac.store import (
     PolicyRecord,
     Store,
     StoreError,
+    TransitionConflict,
     VersionEpisodes,
     open_store,
 )
@@ -397,13 +399,19 @@ def test_a_key_repeated_inside_a_batch_is_stored_once(store: Store) -> None:
 
 def test_a_batch_longer_than_one_insert_statement_is_stored_whole_in_order(store: Store) -> None:
     # 2,500 rows take three multi-row INSERTs; a key repeated across a statement boundary is
-    # still stored once, its first copy kept, and positions follow the order sent.
+    # still stored once, and positions follow the order sent.
     batch = [step(i, tag=float(i)) for i in range(2_500)]
-    batch.insert(1_001, step(999, tag=-1.0))  # a repeat of row 999, sent in the next statement
+    batch.insert(1_001, step(999, tag=999.0))  # a repeat of row 999, sent in the next statement
     assert store.append(batch) == (2_500, 1)
     rows = all_rows(store)
     assert tags(rows) == [float(i) for i in range(2_500)]
     assert np.all(np.diff(rows.position) > 0)
+    # The same repeat with other content is a conflict, across the boundary too: all refused.
+    later = [step(i, episode="later", tag=float(i)) for i in range(2_500)]
+    later.insert(1_001, step(999, episode="later", tag=-1.0))
+    with pytest.raises(TransitionConflict, match="r0/later/999"):
+        store.append(later)
+    assert store.transition_count() == 2_500
 
 
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="needs Python 3.11")
@@ -416,27 +424,30 @@ def test_inserts_follow_sqlites_limit_on_parameters_per_statement(backend: str) 
             assert isinstance(store, store_sqlite.SQLiteStore)
             # This thread's connection is the one append writes with: 2 rows per statement.
             store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * 11 + 10)
-            batch = [step(i % 5, tag=float(n)) for n, i in enumerate(range(13))]
+            batch = [step(i % 5, tag=float(i % 5)) for i in range(13)]
             assert store.append(batch) == (5, 8)
-            assert tags(all_rows(store)) == [0.0, 1.0, 2.0, 3.0, 4.0]  # the first copies
+            assert tags(all_rows(store)) == [0.0, 1.0, 2.0, 3.0, 4.0]
             with pytest.raises(sqlite3.OperationalError, match="too many SQL variables"):
                 store._conn().execute(store_sqlite._insert_sql(3), [0] * 33)
         finally:
             store.close()
 
 
-def test_same_key_with_other_content_is_a_duplicate_and_the_first_write_wins(
+def test_same_key_with_other_content_is_a_conflict_and_the_stored_row_stays(
     store: Store,
 ) -> None:
+    # (tests/test_store_conflicts.py covers conflicts field by field and under group commit.)
     assert store.append([step(0, tag=1.0, reward=1.0)]) == (1, 0)
-    assert store.append([step(0, tag=2.0, reward=2.0, terminated=True, version=4)]) == (0, 1)
-    # ... also inside one batch: the earlier transition wins
-    assert store.append([step(1, tag=3.0, reward=3.0), step(1, tag=4.0, reward=4.0)]) == (1, 1)
+    with pytest.raises(TransitionConflict, match="r0/e0/0"):
+        store.append([step(0, tag=2.0, reward=2.0, terminated=True, version=4)])
+    # ... also inside one batch
+    with pytest.raises(TransitionConflict, match="r0/e0/1"):
+        store.append([step(1, tag=3.0, reward=3.0), step(1, tag=4.0, reward=4.0)])
     rows = all_rows(store)
-    assert tags(rows) == [1.0, 3.0]
-    assert rows.reward.tolist() == [1.0, 3.0]
-    assert rows.terminated.tolist() == [False, False]
-    assert rows.policy_version.tolist() == [-1, -1]
+    assert tags(rows) == [1.0]
+    assert rows.reward.tolist() == [1.0]
+    assert rows.terminated.tolist() == [False]
+    assert rows.policy_version.tolist() == [-1]
 
 
 def test_keys_differing_in_any_one_part_are_distinct(store: Store) -> None:
@@ -476,12 +487,13 @@ def retried_batches(draw: st.DrawFn) -> tuple[list[tuple[str, str, int]], list[l
 
 @settings(max_examples=25, deadline=None)
 @given(case=retried_batches())
-def test_property_each_key_is_stored_exactly_once_and_first_write_wins(
+def test_property_each_key_is_stored_exactly_once(
     backend: str, case: tuple[list[tuple[str, str, int]], list[list[int]]]
 ) -> None:
+    # Every sending of a key has the same content (a retry); conflicts are covered by the
+    # property test in tests/test_store_conflicts.py.
     keys, batches = case
-    occurrence = itertools.count(1)
-    first_seen: dict[int, float] = {}
+    seen: set[int] = set()
     total_accepted = 0
     with tempfile.TemporaryDirectory() as where:
         store = open_backend(backend, SPEC, Path(where))
@@ -489,22 +501,17 @@ def test_property_each_key_is_stored_exactly_once_and_first_write_wins(
             for batch in batches:
                 steps = []
                 for k in batch:
-                    n = float(next(occurrence))  # each sending differs in content (obs[1])
-                    first_seen.setdefault(k, n)
+                    seen.add(k)
                     robot, episode, i = keys[k]
-                    steps.append(
-                        step(i, robot=robot, episode=episode, tag=float(k), obs=[k, n, 0.0])
-                    )
+                    steps.append(step(i, robot=robot, episode=episode, tag=float(k)))
                 accepted, duplicates = store.append(steps)
                 assert accepted + duplicates == len(batch)
                 total_accepted += accepted
             rows = all_rows(store)
             stored = [int(k) for k in rows.obs[:, 0]]
-            assert sorted(stored) == sorted(first_seen)  # each key sent is stored exactly once
-            assert total_accepted == len(first_seen)
-            assert store.transition_count() == len(first_seen)
-            for k, n in zip(stored, rows.obs[:, 1].tolist(), strict=True):
-                assert n == first_seen[k]  # the first sending of a key is the one stored
+            assert sorted(stored) == sorted(seen)  # each key sent is stored exactly once
+            assert total_accepted == len(seen)
+            assert store.transition_count() == len(seen)
             assert np.all(np.diff(rows.position) > 0)
         finally:
             store.close()
@@ -618,7 +625,10 @@ def test_a_late_earlier_step_of_an_ended_episode_updates_its_return(store: Store
     assert store.episodes_by_version() == [VersionEpisodes(1, 1, 6.0, (6.0,))]
     store.append([step(0, reward=1.0, version=1)])  # a retry arriving late
     assert store.episodes_by_version() == [VersionEpisodes(1, 1, 7.0, (7.0,))]
-    store.append([step(0, reward=100.0, version=1)])  # a duplicate changes nothing
+    assert store.append([step(0, reward=1.0, version=1)]) == (0, 1)  # a duplicate changes nothing
+    assert store.episodes_by_version() == [VersionEpisodes(1, 1, 7.0, (7.0,))]
+    with pytest.raises(TransitionConflict):  # nor does a conflicting copy, refused
+        store.append([step(0, reward=100.0, version=1)])
     assert store.episodes_by_version() == [VersionEpisodes(1, 1, 7.0, (7.0,))]
 
 
@@ -649,10 +659,13 @@ def test_episodes_of_different_robots_with_the_same_episode_id_are_separate(
     assert sorted(summary.recent_returns) == [1.0, 3.0]
 
 
-def test_a_duplicate_ending_step_does_not_end_an_episode(store: Store) -> None:
+def test_a_refused_ending_step_does_not_end_an_episode(store: Store) -> None:
     store.append([step(0, reward=1.0, version=1)])
-    assert store.append([step(0, reward=1.0, version=1, terminated=True)]) == (0, 1)
+    with pytest.raises(TransitionConflict, match="terminated"):
+        store.append([step(0, reward=1.0, version=1, terminated=True)])
     assert store.episodes_by_version() == []  # no stored step ended the episode
+    assert store.append([step(0, reward=1.0, version=1)]) == (0, 1)
+    assert store.episodes_by_version() == []
 
 
 @st.composite
@@ -674,22 +687,30 @@ def episode_traffic(draw: st.DrawFn) -> list[list[tuple[int, int, float, int, bo
 def test_property_episode_returns_follow_the_stored_steps(
     backend: str, traffic: list[list[tuple[int, int, float, int, bool]]]
 ) -> None:
-    # The reference: the first sending of a key is the stored one; an episode is summed once a
-    # stored step ends it, over all its stored steps, and credited to the version that chose most
-    # of them (ties: the newer one).
+    # The reference: a batch that sends a key with content other than the stored one (or than
+    # its own earlier copy) is refused whole; otherwise its new keys are stored. An episode is
+    # summed once a stored step ends it, over all its stored steps, and credited to the version
+    # that chose most of them (ties: the newer one).
     stored: dict[tuple[int, int], tuple[float, int, bool]] = {}
     with tempfile.TemporaryDirectory() as where:
         store = open_backend(backend, SPEC, Path(where))
         try:
             for batch in traffic:
-                store.append(
-                    [
-                        step(i, episode=f"e{e}", reward=r, version=v, terminated=ends)
-                        for e, i, r, v, ends in batch
-                    ]
-                )
+                sent: dict[tuple[int, int], tuple[float, int, bool]] = {}
+                conflict = False
                 for e, i, r, v, ends in batch:
-                    stored.setdefault((e, i), (r, v, ends))
+                    first = stored.get((e, i)) or sent.setdefault((e, i), (r, v, ends))
+                    conflict |= first != (r, v, ends)
+                steps = [
+                    step(i, episode=f"e{e}", reward=r, version=v, terminated=ends)
+                    for e, i, r, v, ends in batch
+                ]
+                if conflict:
+                    with pytest.raises(TransitionConflict):
+                        store.append(steps)
+                else:
+                    store.append(steps)
+                    stored.update(sent)
             returns: dict[int, list[float]] = {}
             for e in (0, 1):
                 steps = [value for (episode, _), value in stored.items() if episode == e]

@@ -13,7 +13,10 @@ from robot_sac.store.base import (
     LogRows,
     PolicyRecord,
     Store,
+    StoreBusy,
     StoreError,
+    StoreUnavailable,
+    TransitionConflict,
     VersionEpisodes,
 )
 
@@ -22,33 +25,47 @@ __all__ = [
     "LogRows",
     "PolicyRecord",
     "Store",
+    "StoreBusy",
     "StoreError",
+    "StoreUnavailable",
+    "TransitionConflict",
     "VersionEpisodes",
     "open_existing",
     "open_store",
 ]
 
 
-def open_existing(data_dir: str | Path = "data") -> Store:
+def open_existing(data_dir: str | Path = "data", busy_timeout_s: float = 30.0) -> Store:
     """Open the SQLite store in ``data_dir`` with the task it was last opened for (tools, plots)."""
     import sqlite3
+    from contextlib import closing
 
     from robot_sac.store.sqlite import SQLiteStore
 
     path = Path(data_dir) / "store.sqlite"
     if not path.exists():
         raise StoreError(f"{data_dir} holds no robot_sac store (no {path.name})")
-    with sqlite3.connect(path) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'task_spec'").fetchone()
+    try:
+        with closing(sqlite3.connect(path, timeout=busy_timeout_s)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'task_spec'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"the store {path} is unavailable: {exc}") from exc
     if row is None:
         raise StoreError(f"{path} does not record its task")
-    return SQLiteStore(data_dir, TaskSpec.model_validate_json(row[0]))
+    return SQLiteStore(data_dir, TaskSpec.model_validate_json(row[0]), busy_timeout_s)
 
 
-def open_store(spec: TaskSpec, data_dir: str | Path = "data", url: str | None = None) -> Store:
+def open_store(
+    spec: TaskSpec,
+    data_dir: str | Path = "data",
+    url: str | None = None,
+    busy_timeout_s: float = 30.0,
+) -> Store:
     """Open (creating if needed) the store for ``spec``.
 
     ``url`` ``postgresql://...`` selects PostgreSQL; otherwise SQLite in ``data_dir``.
+    ``busy_timeout_s`` is the longest a store call waits for the store's locks before it raises
+    :class:`StoreBusy` (a service answering robots passes a few seconds).
     """
     if url and url.startswith(("postgresql://", "postgres://")):
         raise StoreError("the PostgreSQL backend is not available in this version; use SQLite")
@@ -59,4 +76,4 @@ def open_store(spec: TaskSpec, data_dir: str | Path = "data", url: str | None = 
         )
     from robot_sac.store.sqlite import SQLiteStore
 
-    return SQLiteStore(data_dir, spec)
+    return SQLiteStore(data_dir, spec, busy_timeout_s)

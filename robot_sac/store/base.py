@@ -2,7 +2,9 @@
 
 Processes talk only through the store (and HTTP), so this interface is narrow and its SQL
 portable: SQLite is the default backend, PostgreSQL a second file. Every method is synchronous
-and thread-safe; the service calls it from worker threads.
+and thread-safe; the service calls it from worker threads. Trouble with the store itself is a
+:class:`StoreBusy` (locked for longer than the store was told to wait) or a
+:class:`StoreUnavailable` (anything else the database failed at), never a driver's own exception.
 """
 
 from __future__ import annotations
@@ -20,11 +22,37 @@ import numpy as np
 
 from robot_sac.schemas import FLOAT32_MAX, TaskSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (wrong task for this data, unknown version, ...)."""
+
+
+class StoreBusy(StoreError):
+    """The store stayed locked (by another process or by this one's other writes) for longer
+    than the store was told to wait: the call may succeed if retried later."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database failed the call (disk I/O error, a file it cannot open, a missing
+    table, ...): not something the caller got wrong."""
+
+
+TransitionKey = tuple[str, str, int]
+
+
+class TransitionConflict(ValueError):
+    """A transition reuses a stored key, ``(robot_id, episode_id, step)``, with other content
+    (or a batch holds one key twice with different content); the whole batch is refused.
+
+    ``key`` is the transition's key and ``field`` the first field found to differ.
+    """
+
+    def __init__(self, key: TransitionKey, field: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.field = field
 
 
 class TransitionLike(Protocol):
@@ -116,8 +144,13 @@ class Store(abc.ABC):
     def append(self, transitions: Sequence[TransitionLike]) -> tuple[int, int]:
         """Append a batch in one transaction; return ``(accepted, duplicates)`` once durable.
 
-        A transition whose ``(robot_id, episode_id, step)`` is already stored (or appears earlier
-        in the same batch) is counted as a duplicate and not stored again.
+        ``(robot_id, episode_id, step)`` is the idempotency key. A transition whose key is
+        already stored (or appears earlier in the same batch) with the same content (vectors
+        compared by float32 value, reward by its float32 value, flags, ``policy_version``) is
+        counted as a duplicate and not stored again. The same key with other content raises
+        :class:`TransitionConflict` and nothing of the batch is stored; other callers' batches
+        are not affected. Invalid transitions raise ``ValueError``; a store that stays locked
+        raises :class:`StoreBusy`, one that fails :class:`StoreUnavailable`.
         """
 
     @abc.abstractmethod
@@ -324,13 +357,15 @@ def encode_rows(
         )
     else:
         obs, action, next_obs = packed
+    if spec.obs_bound is not None:
+        _check_obs_bound(transitions, obs, next_obs, spec.obs_dim, spec.obs_bound)
+    # The reward bound costs nothing extra: it replaces float32's range in the check every
+    # reward goes through anyway.
+    reward_limit = FLOAT32_MAX if spec.reward_bound is None else min(spec.reward_bound, FLOAT32_MAX)
     rows = []
     for t, o, a, n in zip(transitions, obs, action, next_obs, strict=True):
-        if not (math.isfinite(t.reward) and abs(t.reward) <= FLOAT32_MAX):
-            raise ValueError(
-                f"transition {t.robot_id}/{t.episode_id}/{t.step}: reward {t.reward} is not a "
-                "finite float32"
-            )
+        if not (math.isfinite(t.reward) and abs(t.reward) <= reward_limit):
+            raise _bad_reward(t, spec)
         version = t.policy_version
         rows.append(
             (
@@ -348,6 +383,104 @@ def encode_rows(
             )
         )
     return rows
+
+
+def _bad_reward(t: TransitionLike, spec: TaskSpec) -> ValueError:
+    where = f"transition {t.robot_id}/{t.episode_id}/{t.step}"
+    if not (math.isfinite(t.reward) and abs(t.reward) <= FLOAT32_MAX):
+        return ValueError(f"{where}: reward {t.reward} is not a finite float32")
+    return ValueError(
+        f"{where}: reward {t.reward:.6g} is beyond the task's reward_bound ({spec.reward_bound})"
+    )
+
+
+def _check_obs_bound(
+    transitions: Sequence[TransitionLike],
+    obs: Sequence[bytes],
+    next_obs: Sequence[bytes],
+    width: int,
+    bound: float,
+) -> None:
+    """Refuse the batch if an obs or next_obs value (as the float32 stored) is beyond ``bound``
+    in magnitude: one vectorised pass over the whole batch, naming the first bad transition."""
+    beyond = {
+        name: np.abs(np.frombuffer(b"".join(vectors), "<f4").reshape(len(vectors), width)) > bound
+        for name, vectors in (("obs", obs), ("next_obs", next_obs))
+    }
+    bad_rows = beyond["obs"].any(axis=1) | beyond["next_obs"].any(axis=1)
+    if not bad_rows.any():
+        return
+    row = int(np.argmax(bad_rows))
+    name = "obs" if beyond["obs"][row].any() else "next_obs"
+    column = int(np.argmax(beyond[name][row]))
+    value = np.frombuffer((obs if name == "obs" else next_obs)[row], "<f4")[column]
+    t = transitions[row]
+    raise ValueError(
+        f"transition {t.robot_id}/{t.episode_id}/{t.step}: {name}[{column}] = {value:.6g} is "
+        f"beyond the task's obs_bound ({bound})"
+    )
+
+
+# The content of a transition row: ``encode_rows``' columns 3 to 9, compared to find conflicts.
+CONTENT_FIELDS = (
+    "obs",
+    "action",
+    "reward",
+    "next_obs",
+    "terminated",
+    "truncated",
+    "policy_version",
+)
+_VECTOR_FIELDS = frozenset(("obs", "action", "next_obs"))
+
+
+def _difference(name: str, first: Any, second: Any) -> tuple[str, str] | None:
+    """How one content field of two rows differs, as each row's value in words; None if it
+    does not. Vectors compare by float32 value (so -0.0 == 0.0), rewards by the float32 value
+    the log keeps of them; flags and versions exactly."""
+    if first == second:
+        return None
+    if name in _VECTOR_FIELDS:
+        a, b = np.frombuffer(first, "<f4"), np.frombuffer(second, "<f4")
+        unequal = a != b
+        if not unequal.any():
+            return None
+        i = int(np.argmax(unequal))
+        return f"{name}[{i}] = {a[i]}", str(b[i])
+    if name == "reward":
+        if np.float32(first) == np.float32(second):
+            return None
+        return repr(float(first)), repr(float(second))
+    if name in ("terminated", "truncated"):
+        if bool(first) == bool(second):
+            return None
+        return str(bool(first)), str(bool(second))
+    return str(first), str(second)
+
+
+def find_conflict(
+    key: TransitionKey, first: Sequence[Any], second: Sequence[Any], in_batch: bool = False
+) -> TransitionConflict | None:
+    """The conflict between two rows of one key, or None if their content is the same.
+
+    ``first`` and ``second`` are the content (:data:`CONTENT_FIELDS`, vectors as float32 bytes):
+    the stored row and the one sent, or with ``in_batch`` two copies inside one batch.
+    """
+    if tuple(first) == tuple(second):
+        return None
+    for name, a, b in zip(CONTENT_FIELDS, first, second, strict=True):
+        words = _difference(name, a, b)
+        if words is None:
+            continue
+        where = f"transition {key[0]}/{key[1]}/{key[2]}"
+        if in_batch:
+            detail = f"{words[0]}, then {words[1]}"
+            what = "appears twice in the batch"
+        else:
+            detail = f"{words[0]} stored, {words[1]} sent"
+            what = "was already logged"
+        return TransitionConflict(key, name, f"{where} {what} with a different {name} ({detail})")
+    return None
 
 
 def _packed_bytes(

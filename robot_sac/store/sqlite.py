@@ -6,16 +6,17 @@ learner status) and ``policies/v<N>.safetensors`` (written atomically before the
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,12 +29,17 @@ from robot_sac.store.base import (
     LogRows,
     PolicyRecord,
     Store,
+    StoreBusy,
     StoreError,
+    StoreUnavailable,
+    TransitionConflict,
+    TransitionKey,
     TransitionLike,
     VersionEpisodes,
     check_fingerprint,
     decode_rows,
     encode_rows,
+    find_conflict,
     task_fingerprint,
 )
 
@@ -66,6 +72,15 @@ CREATE TABLE IF NOT EXISTS episodes (
     PRIMARY KEY (robot_id, episode_id)
 );
 CREATE INDEX IF NOT EXISTS episodes_by_version ON episodes (policy_version, ended_at);
+CREATE TABLE IF NOT EXISTS episode_tallies (
+    robot_id TEXT NOT NULL,
+    episode_id TEXT NOT NULL,
+    policy_version INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    reward_sum REAL NOT NULL,
+    ended INTEGER NOT NULL,
+    PRIMARY KEY (robot_id, episode_id, policy_version)
+);
 CREATE TABLE IF NOT EXISTS policies (
     version INTEGER PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -127,6 +142,99 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], per_state
         conn.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
 
 
+def _stored_rows(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
+) -> dict[TransitionKey, tuple[int, tuple[Any, ...]]]:
+    """The stored ``(position, content)`` of each key of ``rows``: a few index lookups, one per
+    episode of the batch (and per 500 steps)."""
+    steps: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        steps.setdefault((r[0], r[1]), []).append(r[2])
+    stored: dict[TransitionKey, tuple[int, tuple[Any, ...]]] = {}
+    for (robot_id, episode_id), wanted in steps.items():
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), _MAX_STEPS_PER_LOOKUP):
+            chunk = unique[start : start + _MAX_STEPS_PER_LOOKUP]
+            sql = _STORED_HEAD + "(" + ",".join("?" * len(chunk)) + ")"
+            for step, position, *content in conn.execute(sql, (robot_id, episode_id, *chunk)):
+                stored[(robot_id, episode_id, step)] = (position, tuple(content))
+    return stored
+
+
+def _settle(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], accepted: int
+) -> list[tuple[Any, ...]]:
+    """Check a just-inserted batch of which only ``accepted`` rows were new: every row must have
+    the content stored under its key, else :class:`TransitionConflict` (the caller rolls the
+    batch back). Returns the rows the batch stored, as stored (the first copy of each new key).
+    """
+    # Positions only grow and this transaction is the only writer, so the batch's new rows are
+    # the log's newest ``accepted`` ones: those above the newest row that was there before.
+    row = conn.execute(
+        "SELECT position FROM transitions ORDER BY position DESC LIMIT 1 OFFSET ?", (accepted,)
+    ).fetchone()
+    newest_before = 0 if row is None else int(row[0])
+    stored = _stored_rows(conn, rows)
+    for r in rows:
+        key = (r[0], r[1], r[2])
+        position, content = stored[key]
+        # A key new to the log holds this batch's first copy: another copy differing from it
+        # is a conflict inside the batch.
+        conflict = find_conflict(key, content, r[3:10], in_batch=position > newest_before)
+        if conflict is not None:
+            raise conflict
+    return [
+        (*key, *content) for key, (position, content) in stored.items() if position > newest_before
+    ]
+
+
+def _tally(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add the rows just stored to their episodes' tallies, and refresh the ``episodes`` row of
+    every ended episode among them: work in proportion to the batch, not to the episodes."""
+    tallies: dict[tuple[str, str, int], list[Any]] = {}
+    for r in rows:
+        key = (r[0], r[1], -1 if r[9] is None else r[9])
+        ends = 1 if r[7] or r[8] else 0
+        tally = tallies.get(key)
+        if tally is None:
+            tallies[key] = [1, r[5], ends]
+        else:
+            tally[0] += 1
+            tally[1] += r[5]
+            tally[2] |= ends
+    conn.executemany(_UPSERT_TALLY, [(*key, *tally) for key, tally in tallies.items()])
+    now = time.time()
+    for robot_id, episode_id in sorted({(k[0], k[1]) for k in tallies}):
+        _refresh_episode(conn, robot_id, episode_id, now)
+
+
+def _refresh_episode(conn: sqlite3.Connection, robot_id: str, episode_id: str, now: float) -> None:
+    """Write an episode's row from its tallies once a stored step has ended it. Its return and
+    length count every stored step (a late step of an ended episode updates them); it is credited
+    to the version that chose most of its actions (ties: the newer; unknown versions do not
+    vote); its last reward is that of its highest step."""
+    tallies = conn.execute(
+        "SELECT policy_version, steps, reward_sum, ended FROM episode_tallies "
+        "WHERE robot_id = ? AND episode_id = ?",
+        (robot_id, episode_id),
+    ).fetchall()
+    if not any(ended for *_, ended in tallies):
+        return
+    steps = sum(n for _, n, _, _ in tallies)
+    total = sum(r for _, _, r, _ in tallies)
+    voted = [(n, v) for v, n, _, _ in tallies if v >= 0]
+    top = max(voted)[1] if voted else None
+    (last_reward,) = conn.execute(
+        "SELECT reward FROM transitions WHERE robot_id = ? AND episode_id = ? "
+        "ORDER BY step DESC LIMIT 1",
+        (robot_id, episode_id),
+    ).fetchone()
+    conn.execute(
+        _UPSERT_EPISODE,
+        (robot_id, episode_id, top, float(total), float(last_reward), steps, now),
+    )
+
+
 _UPSERT_EPISODE = """
     INSERT INTO episodes (robot_id, episode_id, policy_version, episode_return, last_reward,
         steps, ended_at)
@@ -135,19 +243,42 @@ _UPSERT_EPISODE = """
         episode_return = excluded.episode_return, last_reward = excluded.last_reward,
         steps = excluded.steps
 """
+# Running tallies per (robot_id, episode_id, policy_version). Versions are >= 0, so -1 stands for
+# "the robot did not say" (as in LogRows): a key column that is NULL would match no upsert.
+_UPSERT_TALLY = """
+    INSERT INTO episode_tallies (robot_id, episode_id, policy_version, steps, reward_sum, ended)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (robot_id, episode_id, policy_version) DO UPDATE SET
+        steps = episode_tallies.steps + excluded.steps,
+        reward_sum = episode_tallies.reward_sum + excluded.reward_sum,
+        ended = CASE WHEN excluded.ended = 1 THEN 1 ELSE episode_tallies.ended END
+"""
+# Schema 1 -> 2: the tallies of every episode already logged, from its stored rows.
+_BACKFILL_TALLIES = """
+    INSERT INTO episode_tallies (robot_id, episode_id, policy_version, steps, reward_sum, ended)
+    SELECT robot_id, episode_id, COALESCE(policy_version, -1), COUNT(*), SUM(reward),
+        MAX(CASE WHEN terminated = 1 OR truncated = 1 THEN 1 ELSE 0 END)
+    FROM transitions GROUP BY robot_id, episode_id, COALESCE(policy_version, -1)
+"""
+_STORED_HEAD = (
+    "SELECT step, position, obs, action, reward, next_obs, terminated, truncated, policy_version "
+    "FROM transitions WHERE robot_id = ? AND episode_id = ? AND step IN "
+)
+_MAX_STEPS_PER_LOOKUP = 500
 _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
 _CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 class _Pending:
     """One caller's batch waiting to be committed (group commit)."""
 
-    __slots__ = ("accepted", "done", "error", "rows")
+    __slots__ = ("accepted", "error", "finished", "rows")
 
     def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
         self.accepted = 0
-        self.done = False
+        self.finished = threading.Event()
         self.error: BaseException | None = None
 
 
@@ -164,16 +295,59 @@ def _use_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
             time.sleep(0.02)
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite said the database is busy or locked (and the busy wait ran out)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; extended codes keep the low byte
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite may have rolled it back itself already (an I/O error),
+    and a rollback that fails too must not hide the error that caused it."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _store_errors(method: _Method) -> _Method:
+    """Raise the store's own errors instead of sqlite3's: :class:`StoreBusy` when the database
+    stayed locked, :class:`StoreUnavailable` for any other database failure."""
+
+    @functools.wraps(method)
+    def translated(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self._store_error(exc) from exc
+
+    return translated  # type: ignore[return-value]
+
+
 class SQLiteStore(Store):
     """A :class:`~robot_sac.store.base.Store` in ``data_dir`` (created if missing).
 
     Each thread gets its own connection; writes from this process are serialised by a lock
     (other processes by SQLite's own locking), and each write is one ``BEGIN IMMEDIATE``
     transaction whose ``COMMIT`` returns only once the WAL is on disk.
+
+    ``busy_timeout_s`` is the longest a call waits for the locks (this process's write lock, then
+    SQLite's) before it raises :class:`StoreBusy`: a service that must answer quickly passes a
+    few seconds, a learner or a tool can afford to wait longer.
     """
 
-    def __init__(self, data_dir: str | Path, spec: TaskSpec) -> None:
+    def __init__(self, data_dir: str | Path, spec: TaskSpec, busy_timeout_s: float = 30.0) -> None:
+        if not busy_timeout_s >= 0.0:
+            raise ValueError(
+                f"busy_timeout_s must be a number of seconds >= 0, not {busy_timeout_s}"
+            )
         self.spec = spec
+        self.busy_timeout_s = float(busy_timeout_s)
+        self._busy_timeout_ms = round(self.busy_timeout_s * 1000)
         self.data_dir = Path(data_dir)
         self.policy_dir = self.data_dir / "policies"
         self.policy_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +365,21 @@ class SQLiteStore(Store):
             self.close()
             raise
 
+    # --- errors -------------------------------------------------------------------------------
+    def _store_error(self, exc: sqlite3.DatabaseError) -> StoreError:
+        if _is_busy(exc):
+            return StoreBusy(
+                f"the store is busy: its database stayed locked for {self.busy_timeout_s:.1f} s "
+                f"({exc})"
+            )
+        return StoreUnavailable(f"the store {self.path} is unavailable: {exc}")
+
+    def _busy_here(self) -> StoreBusy:
+        return StoreBusy(
+            "the store is busy: this process's other writes have held its write lock for "
+            f"{self.busy_timeout_s:.1f} s"
+        )
+
     # --- connections and transactions ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -198,28 +387,66 @@ class SQLiteStore(Store):
             if self._closed:
                 raise StoreError("the store is closed")
             conn = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
             )
-            conn.execute("PRAGMA busy_timeout=30000")
-            _use_wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+                _use_wal(conn, self.busy_timeout_s)
+                conn.execute("PRAGMA synchronous=FULL")
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
 
+    def _begin(self, conn: sqlite3.Connection, waited: float) -> None:
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock only as long as is left
+        of ``busy_timeout_s`` after ``waited`` seconds spent on this process's lock."""
+        left = max(0.0, self.busy_timeout_s - waited)
+        shortened = waited > 0.001
+        if shortened:
+            conn.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            raise StoreBusy(
+                "the store is busy: another process has held its write lock for "
+                f"{self.busy_timeout_s:.1f} s"
+            ) from exc
+        finally:
+            if shortened:
+                conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+
+    def _lock(self) -> float:
+        """Take this process's write lock, waiting at most ``busy_timeout_s``; the time waited."""
+        started = time.monotonic()
+        if not self._write_lock.acquire(timeout=self.busy_timeout_s):
+            raise self._busy_here()
+        return time.monotonic() - started
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
+        waited = self._lock()
+        try:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn, waited)
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
-            conn.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
+    @_store_errors
     def _init_schema(self) -> None:
         with self._write() as c:
             for statement in SCHEMA.split(";"):
@@ -236,6 +463,22 @@ class SQLiteStore(Store):
                     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                     (key, value),
                 )
+            meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
+            # Refused here, inside the transaction, a wrong store is left as it was.
+            check_fingerprint(meta["task"], self.spec, str(self.data_dir))
+            schema = int(meta["schema_version"])
+            if schema == 1:
+                # Schema 2 adds the episode tallies: computed once from the stored rows.
+                c.execute(_BACKFILL_TALLIES)
+                c.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif schema != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema {schema}; this version of robot_sac reads schemas "
+                    f"1 to {SCHEMA_VERSION}"
+                )
             c.execute(
                 "INSERT INTO meta (key, value) VALUES ('task_spec', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -246,14 +489,9 @@ class SQLiteStore(Store):
                 "VALUES (1, 0, 'follow', NULL, 0, ?) ON CONFLICT (id) DO NOTHING",
                 (time.time(),),
             )
-            meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
-        if int(meta["schema_version"]) != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema {meta['schema_version']}, expected {SCHEMA_VERSION}"
-            )
-        check_fingerprint(meta["task"], self.spec, str(self.data_dir))
 
     # --- the transition log -----------------------------------------------------------------
+    @_store_errors
     def append(self, transitions: Sequence[TransitionLike]) -> tuple[int, int]:
         rows = encode_rows(transitions, self.spec)
         if not rows:
@@ -264,99 +502,76 @@ class SQLiteStore(Store):
         pending = _Pending(rows)
         with self._queue_lock:
             self._queue.append(pending)
-        with self._write_lock:
-            if not pending.done:
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                self._commit_group(group)
+        started = time.monotonic()
+        if self._write_lock.acquire(timeout=self.busy_timeout_s):
+            try:
+                if not pending.finished.is_set():
+                    with self._queue_lock:
+                        group, self._queue = self._queue, []
+                    self._commit_group(group, time.monotonic() - started)
+            finally:
+                self._write_lock.release()
+        else:
+            with self._queue_lock:
+                queued = any(p is pending for p in self._queue)
+                if queued:
+                    self._queue = [p for p in self._queue if p is not pending]
+            if queued:
+                raise self._busy_here()
+            # A commit under way took this batch with its own; its waits are bounded too.
+            pending.finished.wait()
         if pending.error is not None:
             raise pending.error
         return pending.accepted, len(rows) - pending.accepted
 
-    def _commit_group(self, group: list[_Pending]) -> None:
-        conn = self._conn()
+    def _commit_group(self, group: list[_Pending], waited: float) -> None:
+        """Write the batches of ``group`` in one transaction. A batch that conflicts with the log
+        is rolled back alone (to its savepoint) and its caller told; the others commit."""
+        several = len(group) > 1
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._conn()
+            self._begin(conn, waited)
             try:
-                total = 0
+                per_statement = _rows_per_insert(conn)
+                stored: list[tuple[Any, ...]] = []  # the rows accepted, for the episode tallies
                 for pending in group:
+                    if several:
+                        conn.execute("SAVEPOINT batch")
                     before = conn.total_changes
-                    _insert(conn, pending.rows, _rows_per_insert(conn))
+                    _insert(conn, pending.rows, per_statement)
                     pending.accepted = conn.total_changes - before
-                    total += pending.accepted
-                if total:
+                    if pending.accepted == len(pending.rows):
+                        stored += pending.rows  # every row is new: nothing to compare
+                    else:
+                        try:
+                            stored += _settle(conn, pending.rows, pending.accepted)
+                        except TransitionConflict as exc:
+                            if not several:
+                                raise
+                            conn.execute("ROLLBACK TO SAVEPOINT batch")
+                            pending.accepted, pending.error = 0, exc
+                    if several:
+                        conn.execute("RELEASE SAVEPOINT batch")
+                if stored:
                     conn.execute(
                         "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
                         "WHERE key = 'transitions'",
-                        (total,),
+                        (len(stored),),
                     )
-                self._refresh_episodes(conn, group)
+                    _tally(conn, stored)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
-            conn.execute("COMMIT")
         except BaseException as exc:  # nothing of the group is durable: every caller hears it
+            error = self._store_error(exc) if isinstance(exc, sqlite3.DatabaseError) else exc
             for pending in group:
-                pending.error = exc
+                pending.accepted, pending.error = 0, error
         finally:
             for pending in group:
-                pending.done = True
+                pending.finished.set()
 
-    def _refresh_episodes(self, c: sqlite3.Connection, group: list[_Pending]) -> None:
-        # An episode's return is known once its last step is logged; a late step of an episode
-        # already summed (a reordered retry) updates it.
-        touched: set[tuple[str, str]] = set()
-        ended: set[tuple[str, str]] = set()
-        for pending in group:
-            keys = {(r[0], r[1]) for r in pending.rows}
-            touched |= keys
-            if pending.accepted == len(pending.rows):
-                # Every row of the batch was stored just now, so its end flags are the log's.
-                ended |= {(r[0], r[1]) for r in pending.rows if r[7] or r[8]}
-            else:
-                # Some rows were refused as duplicates, and a refused copy of a step must not end
-                # an episode the log says is still running: read the stored rows.
-                ended |= {
-                    key
-                    for key in keys
-                    if c.execute(
-                        "SELECT 1 FROM transitions WHERE robot_id = ? AND episode_id = ? "
-                        "AND (terminated = 1 OR truncated = 1) LIMIT 1",
-                        key,
-                    ).fetchone()
-                }
-        # An episode already summed gets late steps re-counted: one primary-key lookup each,
-        # where reading the stored rows of a long episode on every batch cost ~0.2 ms a batch.
-        ended |= {
-            key
-            for key in touched - ended
-            if c.execute(
-                "SELECT 1 FROM episodes WHERE robot_id = ? AND episode_id = ?", key
-            ).fetchone()
-        }
-        now = time.time()
-        for robot_id, episode_id in sorted(ended):
-            # One pass over the episode's rows gives its length, its return and the version
-            # that chose most of its actions (credited with the episode; ties: the newer one).
-            groups = c.execute(
-                "SELECT policy_version, COUNT(*), SUM(reward) FROM transitions "
-                "WHERE robot_id = ? AND episode_id = ? GROUP BY policy_version",
-                (robot_id, episode_id),
-            ).fetchall()
-            steps = sum(n for _, n, _ in groups)
-            total = sum(r for _, _, r in groups)
-            voted = [(n, v) for v, n, _ in groups if v is not None]
-            top = max(voted)[1] if voted else None
-            (last_reward,) = c.execute(
-                "SELECT reward FROM transitions WHERE robot_id = ? AND episode_id = ? "
-                "ORDER BY step DESC LIMIT 1",
-                (robot_id, episode_id),
-            ).fetchone()
-            c.execute(
-                _UPSERT_EPISODE,
-                (robot_id, episode_id, top, float(total), float(last_reward), steps, now),
-            )
-
+    @_store_errors
     def read_after(self, position: int, limit: int) -> LogRows:
         rows = (
             self._conn()
@@ -368,6 +583,7 @@ class SQLiteStore(Store):
         )
         return decode_rows(rows, self.spec)
 
+    @_store_errors
     def read_latest(self, limit: int) -> LogRows:
         rows = (
             self._conn()
@@ -380,6 +596,7 @@ class SQLiteStore(Store):
         )
         return decode_rows(rows, self.spec)
 
+    @_store_errors
     def steps_at(self, times: Sequence[float]) -> list[int]:
         received = np.asarray(
             [r[0] for r in self._conn().execute("SELECT received_at FROM transitions")], float
@@ -387,6 +604,7 @@ class SQLiteStore(Store):
         received.sort()
         return [int(n) for n in np.searchsorted(received, np.asarray(times, float), side="right")]
 
+    @_store_errors
     def position_before_latest(self, n: int) -> int:
         row = (
             self._conn()
@@ -398,14 +616,17 @@ class SQLiteStore(Store):
         )
         return 0 if row is None else int(row[0])
 
+    @_store_errors
     def transition_count(self) -> int:
         row = self._conn().execute("SELECT value FROM meta WHERE key = 'transitions'").fetchone()
         return int(row[0])
 
+    @_store_errors
     def last_position(self) -> int:
         row = self._conn().execute("SELECT MAX(position) FROM transitions").fetchone()
         return int(row[0] or 0)
 
+    @_store_errors
     def episodes_by_version(self, recent: int = 10) -> list[VersionEpisodes]:
         c = self._conn()
         threshold = self.spec.success_threshold
@@ -434,6 +655,7 @@ class SQLiteStore(Store):
         return out
 
     # --- the policy registry ----------------------------------------------------------------
+    @_store_errors
     def register_policy(self, data: bytes, first: bool = False) -> PolicyRecord | None:
         # Refuse what is not a whole version file for this task before using a number.
         check_task(read_policy_info(with_version(data, 0)), self.spec)
@@ -491,6 +713,7 @@ class SQLiteStore(Store):
 
     _POLICY_COLUMNS = "version, created_at, updates, sha256, path, metadata, registered_at"
 
+    @_store_errors
     def latest_policy(self) -> PolicyRecord | None:
         row = (
             self._conn()
@@ -499,6 +722,7 @@ class SQLiteStore(Store):
         )
         return None if row is None else self._record(row)
 
+    @_store_errors
     def get_policy(self, version: int) -> PolicyRecord | None:
         row = (
             self._conn()
@@ -509,6 +733,7 @@ class SQLiteStore(Store):
         )
         return None if row is None else self._record(row)
 
+    @_store_errors
     def list_policies(self) -> list[PolicyRecord]:
         rows = (
             self._conn()
@@ -522,6 +747,7 @@ class SQLiteStore(Store):
         return Path(record.path).read_bytes()
 
     # --- control state and learner status ---------------------------------------------------
+    @_store_errors
     def control(self) -> ControlState:
         paused, mode, pinned, hold = (
             self._conn()
@@ -530,6 +756,7 @@ class SQLiteStore(Store):
         )
         return ControlState(bool(paused), mode, pinned, bool(hold))
 
+    @_store_errors
     def update_control(self, **changes: Any) -> ControlState:
         unknown = set(changes) - _CONTROL_FIELDS
         if unknown:
@@ -546,6 +773,7 @@ class SQLiteStore(Store):
                 )
         return self.control()
 
+    @_store_errors
     def write_learner_status(self, status: dict[str, Any]) -> None:
         now = time.time()
         with self._write() as c:
@@ -556,6 +784,7 @@ class SQLiteStore(Store):
                 (now, json.dumps(status)),
             )
 
+    @_store_errors
     def learner_status(self) -> dict[str, Any] | None:
         row = (
             self._conn()
@@ -566,9 +795,11 @@ class SQLiteStore(Store):
             return None
         return {**json.loads(row[1]), "heartbeat": float(row[0])}
 
+    @_store_errors
     def check(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
+    @_store_errors
     def close(self) -> None:
         self._closed = True
         self._local = threading.local()  # every thread's next call finds no connection
