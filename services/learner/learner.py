@@ -134,15 +134,17 @@ class Learner:
             log.info("resumed from %s at %d updates", self.checkpoint_path, self.sac.updates)
             if not self.sac.is_finite():
                 # e.g. saved by a learner that had no guard: keep the counters, not the weights
-                log.error("the checkpoint holds non-finite values: starting afresh")
+                log.error(
+                    "the checkpoint holds non-finite values: starting from the served actor "
+                    "and fresh critics"
+                )
                 self._fresh_sac(updates=self.sac.updates)
                 self.counters.rollbacks += 1
                 self._start_from_served_actor()
             self.sac.skipped_updates.fill_(float(state.get("skipped_updates", 0)))
         else:
             self._start_from_served_actor()
-        if self.sac.is_finite():
-            self._keep_good_state()
+        self._keep_good_state()  # what a rollback restores until the first publish or checkpoint
         self._last_ckpt_updates = self.sac.updates
         self._rebuild_replay(progress)
         for record in self.store.list_policies():
