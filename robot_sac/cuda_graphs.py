@@ -3,6 +3,11 @@
 On a GPU the update is launch-bound: a few hundred small kernels, each waiting on Python. Capturing
 it once and replaying it turns that into one launch per update (LeanRL shows the same). The replay
 buffer must live on the GPU; the batch is drawn inside the graph from its current size.
+
+The update's gradient guard is captured with it: the skip flags, the fused Adam kernels that read
+them and the skip counters are all device tensors, with no host sync and no Python branch on a
+value. Replacing the optimisers' state (``SAC.load_state_dict``, as a rollback does) leaves the
+graph pointing at the old tensors: capture a new :class:`GraphedUpdate` after it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@
 each ``step()`` regroups its tensors by device and dtype and walks its state in Python; on a small
 CPU that costs as much as the kernel. :class:`FusedAdam` computes those lists on its first step and
 then calls the same fused kernel directly, so its arithmetic is torch's, bit for bit.
+
+``step(found_inf=t)`` skips the step on the device, without a host sync, when the float32 scalar
+tensor ``t`` holds 1.0: this is the mechanism torch's AMP ``GradScaler`` uses. The fused kernel
+returns before touching parameters or moments when ``*found_inf == 1``, and the step counts are
+incremented and then decremented by ``found_inf`` (as in ``torch.optim.adam._fused_adam``), so a
+skipped step leaves the whole optimiser state as it was. With ``found_inf`` 0.0 the step is the
+unguarded one, bit for bit.
 """
 
 from __future__ import annotations
@@ -69,10 +76,18 @@ class FusedAdam(torch.optim.Adam):
         self._plan = plan
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None, found_inf: Tensor | None = None
+    ) -> float | None:
+        """One Adam step; skipped on the device where ``found_inf`` (float32 scalar) is 1.0."""
         plan = self._plan
         if closure is not None or plan is None or any(p.grad is None for p in self._flat):
-            loss = super().step(closure)
+            # torch's fused Adam reads the skip flag from this attribute (set by GradScaler)
+            self.found_inf = found_inf
+            try:
+                loss = super().step(closure)
+            finally:
+                del self.found_inf
             self._make_plan()
             return loss
         for group, params, exp_avgs, exp_avg_sqs, steps in plan:
@@ -93,6 +108,8 @@ class FusedAdam(torch.optim.Adam):
                 eps=group["eps"],
                 maximize=False,
                 grad_scale=None,
-                found_inf=None,
+                found_inf=found_inf,
             )
+            if found_inf is not None:
+                torch._foreach_sub_(steps, [found_inf] * len(steps))
         return None

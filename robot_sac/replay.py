@@ -13,6 +13,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# Default limits on the magnitude of a logged observation value and of a reward, for tasks that
+# set no ``obs_bound`` / ``reward_bound``. Below them, every square the update takes is at most
+# 1e12 and a sum of a batch's or a layer's squares (1e6 terms at most) stays near 1e18, while the
+# soft Q-targets stay near r / (1 - gamma), 1e8 for gamma = 0.99: all far inside float32 (3.4e38)
+# and Adam's squared gradients. A sensor or reward that glitches to 3.4e38 is finite float32, so
+# the service's finite check lets it through; limits this loose refuse only such nonsense. A task
+# whose values are legitimately larger states its own bounds.
+DEFAULT_OBS_BOUND = 1e6
+DEFAULT_REWARD_BOUND = 1e6
+
+
+def sane_rows(
+    obs: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    next_obs: np.ndarray,
+    obs_bound: float = DEFAULT_OBS_BOUND,
+    reward_bound: float = DEFAULT_REWARD_BOUND,
+) -> np.ndarray:
+    """A ``(N,)`` bool mask of the transitions fit to learn from: every observation value within
+    ``obs_bound``, the reward within ``reward_bound`` (in magnitude), all of them and the action
+    finite (NaN fails every comparison, so it is refused too).
+    """
+    return (
+        (np.abs(obs) <= obs_bound).all(axis=1)
+        & (np.abs(next_obs) <= obs_bound).all(axis=1)
+        & (np.abs(reward) <= reward_bound)
+        & np.isfinite(action).all(axis=1)
+    )
+
 
 class Batch(NamedTuple):
     """A mini-batch of ``B`` transitions (float32, on the buffer's device).

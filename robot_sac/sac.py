@@ -10,6 +10,13 @@ Performance notes (the update is the learner's hot path):
   alpha loss sees a detached log-probability);
 - both Q-functions run as one batched module (:class:`~robot_sac.networks.TwinCritic`);
 - nothing calls ``.item()``: the returned statistics are device tensors, read them when logging.
+
+The gradient guard: before each optimiser step the update flags, as a device tensor, a gradient
+whose global norm is not below :data:`GRAD_NORM_LIMIT` (NaN and infinity included), and the fused
+Adam kernel then skips that step (see :mod:`robot_sac.optim`). No host sync and no Python branch
+on a tensor value, so the guarded update is still captured whole as a CUDA graph; a normal step
+is bit for bit the unguarded one. The skips are counted on the device (:attr:`SAC.skipped_updates`,
+:attr:`SAC.skipped_in_a_row`): read them when reporting, not per update.
 """
 
 from __future__ import annotations
@@ -27,7 +34,23 @@ from robot_sac.networks import Actor, TwinCritic
 from robot_sac.optim import FusedAdam
 from robot_sac.replay import Batch
 
-__all__ = ["SAC", "SACConfig", "soft_td_target", "soft_update"]
+__all__ = [
+    "GRAD_NORM_LIMIT",
+    "SAC",
+    "SACConfig",
+    "all_finite",
+    "gradients_not_sane",
+    "soft_td_target",
+    "soft_update",
+]
+
+# A step is skipped when its parameters' global gradient norm is not below this (NaN and infinity
+# fail the comparison). Adam squares every gradient element, and float32 overflows past ~1.8e19:
+# below 1e15 each square stays under 1e30, a wide margin. Adam's step is bounded by its learning
+# rate whatever the gradient's scale, so a large finite gradient is safe to take. Observations and
+# rewards at the replay screen's default bounds (1e6) give 256x256 critics gradient norms near
+# 1e11: the limit leaves room above that, so it skips only steps that are broken.
+GRAD_NORM_LIMIT = 1e15
 
 
 @torch.no_grad()
@@ -52,6 +75,21 @@ def soft_td_target(
     return reward + gamma * (1.0 - terminated) * (next_q - alpha * next_logp)
 
 
+def gradients_not_sane(params: Iterable[Tensor]) -> Tensor:
+    """1.0 (float32 device scalar) if the global gradient norm of ``params`` is not below
+    :data:`GRAD_NORM_LIMIT` or is not a number, else 0.0: the ``found_inf`` flag of Adam's step.
+    """
+    norms = torch._foreach_norm([p.grad for p in params if p.grad is not None])
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    return total.lt(GRAD_NORM_LIMIT).logical_not_().float()  # NaN < x is False: flagged
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every value of every tensor is finite (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def _adam(params: Iterable[Tensor], lr: float, device: torch.device) -> FusedAdam:
     # One fused kernel per step (CPU and CUDA); capturable on CUDA so the update can be graphed.
     return FusedAdam(params, lr=lr, capturable=device.type == "cuda")
@@ -70,8 +108,10 @@ class SAC:
         action_dim: int,
         cfg: SACConfig = SACConfig(),
         device: str | torch.device = "cpu",
+        grad_guard: bool = True,
     ) -> None:
         self.cfg = cfg
+        self.grad_guard = grad_guard
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.device = torch.device(device)
         self.actor = Actor(
@@ -85,6 +125,10 @@ class SAC:
         self.critic_optimizer = _adam(self.critic.parameters(), cfg.lr, self.device)
         self.alpha_optimizer = _adam([self.log_alpha], cfg.lr, self.device)
         self.updates = 0
+        # Updates whose steps the gradient guard skipped: in all, and since the last full step.
+        # Device tensors, updated in place inside the update (and so inside a CUDA graph).
+        self.skipped_updates = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.skipped_in_a_row = torch.zeros((), dtype=torch.float32, device=self.device)
 
     def critic_loss(self, batch: Batch, alpha: Tensor) -> dict[str, Tensor]:
         """The twin critic's loss for ``batch`` (``B`` transitions): ``loss_qvalue``, ``q_mean``."""
@@ -139,17 +183,25 @@ class SAC:
         critic = self.critic_loss(batch, alpha)
         self.critic_optimizer.zero_grad()
         critic["loss_qvalue"].backward()
-        self.critic_optimizer.step()
+        critic_skip = gradients_not_sane(self.critic.parameters()) if self.grad_guard else None
+        self.critic_optimizer.step(found_inf=critic_skip)
 
         actor = self.actor_losses(batch.obs, alpha)
         self.actor_optimizer.zero_grad()
         self.alpha_optimizer.zero_grad()
         (actor["loss_actor"] + actor["loss_alpha"]).backward()
-        self.actor_optimizer.step()
-        self.alpha_optimizer.step()
+        actor_skip = None
+        if critic_skip is not None:
+            own = gradients_not_sane([*self.actor.parameters(), self.log_alpha])
+            actor_skip = torch.maximum(critic_skip, own)
+        self.actor_optimizer.step(found_inf=actor_skip)
+        self.alpha_optimizer.step(found_inf=actor_skip)
 
         soft_update(self.critic_target.parameters(), self.critic.parameters(), self.cfg.tau)
         self.updates += 1
+        if actor_skip is not None:
+            self.skipped_updates.add_(actor_skip)
+            self.skipped_in_a_row.add_(actor_skip).mul_(actor_skip)
         return {k: v.detach() for k, v in {**critic, **actor, "alpha": alpha}.items()}
 
     @torch.no_grad()
@@ -157,6 +209,20 @@ class SAC:
         """Actions in ``[-1, 1]`` for ``obs`` ``(B, obs_dim)`` (training-time exploration)."""
         dist = self.actor.dist(obs)
         return dist.mode if deterministic else dist.rsample_and_log_prob()[0]
+
+    def is_finite(self, actor_only: bool = False) -> bool:
+        """Whether the actor (``actor_only``) or the whole training state holds finite values."""
+        if actor_only:
+            return all_finite(self.actor.parameters())
+        tensors = [
+            *self.actor.parameters(),
+            *self.critic.parameters(),
+            *self.critic_target.parameters(),
+            self.log_alpha,
+        ]
+        for opt in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            tensors += [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+        return all_finite(tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume training (tensors and plain numbers only)."""

@@ -63,3 +63,46 @@ def test_fused_adam_skips_parameters_without_gradient_like_torch():
     p.grad = torch.ones(3)
     opt.step()
     assert not torch.equal(p.detach(), torch.ones(3)) and torch.equal(q.detach(), torch.ones(3))
+
+
+def adam_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [t.clone() for s in opt.state.values() for t in s.values()]
+
+
+def test_found_inf_skips_the_step_and_keeps_the_state_both_on_first_and_cached_steps():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = FusedAdam([p], lr=0.1)
+    one, zero = torch.tensor(1.0), torch.tensor(0.0)
+    # first step: torch's own fused step, which reads found_inf from the optimiser
+    p.grad = torch.full((5,), float("nan"))
+    before = p.detach().clone()
+    opt.step(found_inf=one)
+    assert torch.equal(p.detach(), before)
+    assert float(opt.state[p]["step"]) == 0.0 and not hasattr(opt, "found_inf")
+    assert torch.equal(opt.state[p]["exp_avg"], torch.zeros(5))
+    # a real step, then a skipped one on the cached path: parameter, moments and count unchanged
+    p.grad = torch.randn(5)
+    opt.step(found_inf=zero)
+    assert float(opt.state[p]["step"]) == 1.0
+    before, state = p.detach().clone(), adam_state(opt)
+    p.grad = torch.full((5,), float("inf"))
+    opt.step(found_inf=one)
+    assert torch.equal(p.detach(), before)
+    for old, new in zip(state, adam_state(opt), strict=True):
+        assert torch.equal(old, new)
+
+
+def test_found_inf_zero_is_the_plain_step_bit_for_bit():
+    torch.manual_seed(0)
+    init = torch.randn(6)
+    grads = [torch.randn(6) for _ in range(5)]
+    plain, flagged = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    opt_plain, opt_flagged = FusedAdam([plain], lr=1e-2), FusedAdam([flagged], lr=1e-2)
+    for g in grads:
+        plain.grad, flagged.grad = g.clone(), g.clone()
+        opt_plain.step()
+        opt_flagged.step(found_inf=torch.tensor(0.0))
+    assert torch.equal(plain, flagged)
+    for a, b in zip(adam_state(opt_plain), adam_state(opt_flagged), strict=True):
+        assert torch.equal(a, b)

@@ -1,4 +1,4 @@
-"""The ring buffer: bulk fill, wrap-around, sampling."""
+"""The ring buffer: bulk fill, wrap-around, sampling; the screen of rows fit to learn from."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from robot_sac.replay import ReplayBuffer
+from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuffer, sane_rows
 
 
 def rows(start: int, n: int, obs_dim: int = 3, action_dim: int = 2):
@@ -71,3 +71,20 @@ def test_bad_shapes_and_empty_sampling_are_refused():
         rb.add(np.zeros((2, 4)), np.zeros((2, 2)), np.zeros(2), np.zeros((2, 3)), np.zeros(2))
     with pytest.raises(ValueError, match="rows"):
         rb.add(np.zeros((2, 3)), np.zeros((3, 2)), np.zeros(2), np.zeros((2, 3)), np.zeros(2))
+
+
+def test_sane_rows_refuses_values_beyond_the_bounds_and_non_finite_ones():
+    r = rows(0, 8)
+    r["obs"][1, 2] = 3.4e38  # a glitching sensor: finite float32
+    r["next_obs"][2, 0] = -2e6
+    r["reward"][3] = 3.4e38
+    r["reward"][4] = np.nan
+    r["action"][5, 1] = np.inf
+    r["obs"][6, 0] = DEFAULT_OBS_BOUND  # at the bound: kept
+    r["reward"][7] = -10 * DEFAULT_REWARD_BOUND
+    mask = sane_rows(r["obs"], r["action"], r["reward"], r["next_obs"])
+    assert mask.tolist() == [True, False, False, False, False, False, True, False]
+    # a task's own bounds replace the defaults, tighter or looser
+    own = sane_rows(r["obs"], r["action"], r["reward"], r["next_obs"], 100.0, 1e9)
+    assert own.tolist() == [True, False, False, False, False, False, False, True]
+    assert DEFAULT_OBS_BOUND**2 * 1e6 < 1e30 and DEFAULT_REWARD_BOUND**2 * 1e6 < 1e30

@@ -1,13 +1,17 @@
-"""Invariants of the SAC update: which loss moves which parameters, the Polyak step, the target."""
+"""Invariants of the SAC update: which loss moves which parameters, the Polyak step, the target,
+and the gradient guard that skips a step rather than take a non-finite one."""
 
 from __future__ import annotations
+
+import copy
+import math
 
 import pytest
 import torch
 
 from robot_sac.config import SACConfig
 from robot_sac.replay import Batch
-from robot_sac.sac import SAC, soft_td_target, soft_update
+from robot_sac.sac import SAC, all_finite, soft_td_target, soft_update
 
 
 def make_batch(n: int = 64, obs_dim: int = 5, action_dim: int = 2, seed: int = 0) -> Batch:
@@ -154,3 +158,96 @@ def test_state_dict_round_trip_resumes_identically():
     for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
         assert torch.equal(p, q)
     assert b.updates == a.updates == 4
+
+
+def trained_state(sac: SAC) -> list[torch.Tensor]:
+    """Every trained parameter and every optimiser state tensor (step counts included)."""
+    tensors = [*sac.actor.parameters(), *sac.critic.parameters(), sac.log_alpha]
+    for opt in (sac.actor_optimizer, sac.critic_optimizer, sac.alpha_optimizer):
+        tensors += [t for s in opt.state.values() for t in s.values()]
+    return [t.detach().clone() for t in tensors]
+
+
+@pytest.mark.parametrize("earlier_updates", [0, 2])  # torch's first step, then the cached one
+@pytest.mark.parametrize("poison", ["reward 1e30", "nan obs"])
+def test_the_guard_skips_a_poisoned_batch_and_the_next_batch_steps(
+    sac: SAC, earlier_updates: int, poison: str
+):
+    for seed in range(earlier_updates):
+        sac.update(make_batch(seed=seed))
+    batch = make_batch(seed=10)
+    if poison == "reward 1e30":  # finite float32, passes a loose screen: only the guard stops it
+        bad = batch._replace(reward=batch.reward.index_fill(0, torch.tensor([3]), 1e30))
+    else:
+        bad = batch._replace(obs=batch.obs.index_fill(0, torch.tensor([3]), math.nan))
+    before = trained_state(sac)
+    sac.update(bad)
+    after = trained_state(sac)
+    if earlier_updates == 0:
+        # the skipped first step creates Adam's state as it would be before any step
+        n_params = len(before)
+        assert all(float(t.abs().max()) == 0.0 for t in after[n_params:])
+        after_params = after[:n_params]
+    else:
+        after_params = after
+    assert len(after_params) == len(before)
+    for old, new in zip(before, after_params, strict=True):
+        assert torch.equal(old, new)
+    # the target's Polyak step moves it towards the unchanged critic: finite
+    assert all_finite(sac.critic_target.parameters())
+    assert float(sac.skipped_updates) == 1.0 and float(sac.skipped_in_a_row) == 1.0
+    sac.update(batch)
+    assert sac.is_finite()
+    moved = [not torch.equal(old, new) for old, new in zip(after, trained_state(sac), strict=True)]
+    assert all(moved)
+    assert float(sac.skipped_updates) == 1.0 and float(sac.skipped_in_a_row) == 0.0
+
+
+def test_without_the_guard_the_same_batch_poisons_the_state():
+    # The counterpart of the test above: what the guard prevents does happen without it.
+    torch.manual_seed(0)
+    sac = SAC(5, 2, SACConfig(hidden=(32, 32)), grad_guard=False)
+    batch = make_batch()
+    sac.update(batch._replace(obs=batch.obs.index_fill(0, torch.tensor([3]), math.nan)))
+    assert not sac.is_finite()
+
+
+def test_the_guard_leaves_ordinary_updates_bit_identical():
+    def run(grad_guard: bool) -> SAC:
+        torch.manual_seed(0)
+        sac = SAC(5, 2, SACConfig(hidden=(32, 32)), grad_guard=grad_guard)
+        torch.manual_seed(1)
+        for seed in range(5):
+            sac.update(make_batch(seed=seed))
+        return sac
+
+    guarded, plain = run(True), run(False)
+    for a, b in zip(trained_state(guarded), trained_state(plain), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(
+        guarded.critic_target.parameters(), plain.critic_target.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert float(guarded.skipped_updates) == 0.0
+
+
+def test_is_finite_sees_the_actor_the_critics_and_the_optimiser_moments():
+    torch.manual_seed(0)
+    sac = SAC(5, 2, SACConfig(hidden=(16, 16)))
+    sac.update(make_batch())
+    assert sac.is_finite() and sac.is_finite(actor_only=True)
+    for corrupt in ("critic", "target", "moment", "actor"):
+        broken = copy.deepcopy(sac)
+        with torch.no_grad():
+            if corrupt == "critic":
+                next(broken.critic.parameters()).view(-1)[0] = math.inf
+            elif corrupt == "target":
+                next(broken.critic_target.parameters()).view(-1)[0] = math.nan
+            elif corrupt == "moment":
+                next(iter(broken.critic_optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = (
+                    math.inf
+                )
+            else:
+                next(broken.actor.parameters()).view(-1)[0] = math.nan
+        assert not broken.is_finite(), corrupt
+        assert broken.is_finite(actor_only=True) == (corrupt != "actor"), corrupt

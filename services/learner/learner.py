@@ -5,10 +5,24 @@ everything, so no part waits on another: read the control state (every 50 ms), p
 into the replay buffer (every 20 ms, or at once while there is a backlog), run a short burst of
 updates within the update-to-data budget, publish, checkpoint, and write the status row (every
 0.1 s). Nothing here blocks on the service or the robots.
+
+It never takes, publishes or saves a non-finite step:
+
+- log rows with a value beyond the task's bounds (or the defaults of :mod:`robot_sac.replay`) are
+  quarantined on their way into the replay buffer, on tailing and on rebuilding alike;
+- the SAC update skips, on the device, a step whose gradients are not finite or absurdly large;
+- the state is checked finite before each publish and checkpoint; if it is not, the learner rolls
+  back to the last state that was published or checkpointed, and publishes and saves nothing;
+- :data:`MAX_SKIPPED_IN_A_ROW` updates skipped in a row mean a state that is finite but broken
+  (every batch makes absurd gradients): the learner rolls back too;
+- when a rollback cannot cure it (there is no good state, or another rollback is needed before
+  the next good publish or checkpoint) it is ``faulted``: it stops updating and publishing and
+  goes on writing its status, with the reason in ``fault``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -21,7 +35,7 @@ import numpy as np
 import torch
 
 from robot_sac.policy import PolicyFileError, check_task, load_policy, policy_bytes
-from robot_sac.replay import ReplayBuffer
+from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuffer, sane_rows
 from robot_sac.sac import SAC
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +49,10 @@ PULL_PERIOD_S = 0.02
 STATUS_PERIOD_S = 0.1  # paced robots read the update count from here
 PULL_ROWS = 10_000
 BURST_SECONDS = 0.05  # longest run of updates between two looks at the control state
+QUARANTINE_POSITIONS = 20  # log positions of the latest quarantined rows, kept for the status
+# Updates skipped in a row by the gradient guard before the learner calls its state broken. One
+# bad row makes a fraction of batches skip; a hundred in a row means every batch does.
+MAX_SKIPPED_IN_A_ROW = 100
 
 
 @dataclass
@@ -45,6 +63,9 @@ class Counters:
     position: int = 0  # the last log position read
     last_published_updates: int = -1
     updates_at_version: dict[int, int] = field(default_factory=dict)
+    quarantined_rows: int = 0  # log rows refused by the screen (not in ``consumed``)
+    quarantined_positions: list[int] = field(default_factory=list)  # the latest few
+    rollbacks: int = 0  # times the state was restored to the last good one
 
 
 class Learner:
@@ -63,6 +84,10 @@ class Learner:
         self.sac = SAC(spec.obs_dim, spec.action_dim, self.cfg, device=device)
         self.replay = ReplayBuffer(self.cfg.buffer_size, spec.obs_dim, spec.action_dim, device)
         self.counters = Counters()
+        self._obs_bound = spec.obs_bound if spec.obs_bound is not None else DEFAULT_OBS_BOUND
+        self._reward_bound = (
+            spec.reward_bound if spec.reward_bound is not None else DEFAULT_REWARD_BOUND
+        )
         low = np.asarray(spec.action_low, np.float32)
         high = np.asarray(spec.action_high, np.float32)
         self._center, self._half_range = (high + low) / 2, (high - low) / 2
@@ -80,6 +105,9 @@ class Learner:
         self._rate_mark = (time.monotonic(), 0)
         self._writer = self._tensorboard() if tensorboard else None
         self._logged_versions: set[int] = set()
+        self.fault: str | None = None  # why the learner stopped for good; None while healthy
+        self._good_state: dict[str, Any] | None = None  # as of the last good publish/checkpoint
+        self._rollbacks_in_a_row = 0  # since the last good publish or checkpoint
 
     # --- start-up ------------------------------------------------------------------------------
     def start(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -95,13 +123,28 @@ class Learner:
                 position=int(state["position"]),
                 last_published_updates=int(state["last_published_updates"]),
                 updates_at_version={int(k): int(v) for k, v in state["updates_at_version"].items()},
+                # absent from checkpoints written before the learner screened and guarded
+                quarantined_rows=int(state.get("quarantined_rows", 0)),
+                quarantined_positions=[int(p) for p in state.get("quarantined_positions", [])],
+                rollbacks=int(state.get("rollbacks", 0)),
             )
             torch.set_rng_state(state["rng"])
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             log.info("resumed from %s at %d updates", self.checkpoint_path, self.sac.updates)
+            if not self.sac.is_finite():
+                # e.g. saved by a learner that had no guard: keep the counters, not the weights
+                log.error(
+                    "the checkpoint holds non-finite values: starting from the served actor "
+                    "and fresh critics"
+                )
+                self._fresh_sac(updates=self.sac.updates)
+                self.counters.rollbacks += 1
+                self._start_from_served_actor()
+            self.sac.skipped_updates.fill_(float(state.get("skipped_updates", 0)))
         else:
             self._start_from_served_actor()
+        self._keep_good_state()  # what a rollback restores until the first publish or checkpoint
         self._last_ckpt_updates = self.sac.updates
         self._rebuild_replay(progress)
         for record in self.store.list_policies():
@@ -118,6 +161,7 @@ class Learner:
         if record is None:
             return
         try:
+            # load_policy refuses a version with non-finite weights
             policy = load_policy(self.store.policy_bytes(record), sha256=record.sha256)
             check_task(policy.info, self.spec)
             self.sac.actor.load_state_dict(policy.actor.state_dict())
@@ -146,9 +190,28 @@ class Learner:
         self.counters.position = max(position, checkpoint_position)
         log.info("replay buffer rebuilt from the log: %d transitions", len(self.replay))
 
+    def _fresh_sac(self, updates: int) -> None:
+        self.sac = SAC(self.spec.obs_dim, self.spec.action_dim, self.cfg, device=self.device)
+        self.sac.updates = updates
+        self._graphed = None
+
     # --- the loop ------------------------------------------------------------------------------
     def _add(self, rows: LogRows, count_from: int) -> None:
-        """Put log rows into the replay (actions to [-1, 1]); count those after ``count_from``."""
+        """Put log rows into the replay (actions to [-1, 1]); count those after ``count_from``.
+
+        Rows that fail the screen (:func:`robot_sac.replay.sane_rows`) are quarantined instead:
+        left out, counted, and their positions kept for the status. Rows at or before
+        ``count_from`` were counted before the checkpoint; on a rebuild they are screened again
+        but not counted twice.
+        """
+        sane = sane_rows(
+            rows.obs, rows.action, rows.reward, rows.next_obs, self._obs_bound, self._reward_bound
+        )
+        if not sane.all():
+            self._quarantine(rows.position[~sane], count_from)
+            rows = LogRows(*(column[sane] for column in rows))
+            if len(rows) == 0:
+                return
         unit = np.clip((rows.action - self._center) / self._half_range, -1.0, 1.0)
         self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated)
         self.counters.consumed += int((rows.position > count_from).sum())
@@ -157,6 +220,20 @@ class Learner:
             at = self.counters.updates_at_version
             ages = [self.sac.updates - at.get(int(v), self.sac.updates) for v in versions[-256:]]
             self.data_age_updates = float(np.mean(ages))
+
+    def _quarantine(self, positions: np.ndarray, count_from: int) -> None:
+        new = [int(p) for p in positions if p > count_from]
+        log.warning(
+            "quarantined %d log rows with values beyond the bounds (obs %g, reward %g) or not "
+            "finite, at positions %s",
+            len(positions),
+            self._obs_bound,
+            self._reward_bound,
+            [int(p) for p in positions[:QUARANTINE_POSITIONS]],
+        )
+        self.counters.quarantined_rows += len(new)
+        kept = self.counters.quarantined_positions + new
+        self.counters.quarantined_positions = kept[-QUARANTINE_POSITIONS:]
 
     def update_budget(self) -> int:
         """Updates allowed now: ``utd`` per logged transition past ``learning_starts``."""
@@ -185,7 +262,7 @@ class Learner:
             # a full page means a backlog: read again on the next pass
             self._next["pull"] = now if len(rows) == PULL_ROWS else now + PULL_PERIOD_S
         done = 0
-        if not self.paused:
+        if not self.paused and self.fault is None:
             # A burst stops at the next publish, so versions come exactly every publish_every.
             since = self.sac.updates - max(self.counters.last_published_updates, 0)
             budget = min(self.update_budget(), max(1, self.settings.publish_every - since))
@@ -198,9 +275,15 @@ class Learner:
             if self.sac.updates - self._last_ckpt_updates >= self.settings.checkpoint_every:
                 self.checkpoint()
         if now >= self._next["status"]:
+            self._check_skips()
             self.write_status()
             self._next["status"] = now + STATUS_PERIOD_S
         return done
+
+    def _check_skips(self) -> None:
+        """Recover when the gradient guard has skipped every recent update (one host sync)."""
+        if self.fault is None and float(self.sac.skipped_in_a_row) >= MAX_SKIPPED_IN_A_ROW:
+            self._recover(f"{MAX_SKIPPED_IN_A_ROW} updates in a row had non-finite gradients")
 
     def _update(self) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda" and self.settings.cuda_graphs:
@@ -241,8 +324,17 @@ class Learner:
             or now - self._last_publish_time >= self.settings.publish_seconds
         )
 
-    def publish(self) -> PolicyRecord:
-        """Register the current actor as the next version (the store numbers it)."""
+    def publish(self) -> PolicyRecord | None:
+        """Register the current actor as the next version (the store numbers it).
+
+        Only a finite training state is published (the actor, and the rest it will learn
+        from); otherwise the learner rolls back and nothing is registered (None).
+        """
+        if self.fault is not None:
+            return None
+        if not self.sac.is_finite():
+            self._recover("the training state became non-finite before a publish")
+            return None
         data = policy_bytes(
             self.sac.actor, self.spec.action_low, self.spec.action_high, 0, self.sac.updates
         )
@@ -252,34 +344,90 @@ class Learner:
         self.counters.updates_at_version[record.version] = self.sac.updates
         self.latest_version = record.version
         self._last_publish_time = time.monotonic()
+        self._keep_good_state()
         self._log_episodes()
         return record
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
+        """Save the training state and counters, if the state is finite; whether it saved.
+
+        A non-finite state is not saved: the learner rolls back instead (the file on disk stays
+        the last good one).
+        """
+        if self.fault is not None:
+            return False
+        if not self.sac.is_finite():
+            self._recover("the training state became non-finite before a checkpoint")
+            return False
         state: dict[str, Any] = {
             "sac": self.sac.state_dict(),
             "consumed": self.counters.consumed,
             "position": self.counters.position,
             "last_published_updates": self.counters.last_published_updates,
             "updates_at_version": {str(k): v for k, v in self.counters.updates_at_version.items()},
+            "quarantined_rows": self.counters.quarantined_rows,
+            "quarantined_positions": list(self.counters.quarantined_positions),
+            "skipped_updates": int(self.sac.skipped_updates),
+            "rollbacks": self.counters.rollbacks,
             "rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.checkpoint_path, state)
         self._last_ckpt_updates = self.sac.updates
+        self._keep_good_state()
+        return True
+
+    # --- recovery ------------------------------------------------------------------------------
+    def _keep_good_state(self) -> None:
+        """Remember the current (finite, just published or saved) state to roll back to.
+
+        Not while the gradient guard is skipping: a state whose latest update was skipped may be
+        finite yet broken, and rolling back to it would cure nothing.
+        """
+        if float(self.sac.skipped_in_a_row) > 0:
+            return
+        self._good_state = copy.deepcopy(self.sac.state_dict())
+        self._rollbacks_in_a_row = 0
+
+    def _recover(self, reason: str) -> None:
+        """Roll back to the last good state, or fault if a rollback cannot cure ``reason``."""
+        if self._good_state is None:
+            self._set_fault(f"{reason}, and there is no good state to roll back to")
+            return
+        if self._rollbacks_in_a_row >= 1:
+            self._set_fault(f"{reason} again after a rollback")
+            return
+        self.sac.load_state_dict(self._good_state)
+        self.sac.skipped_in_a_row.zero_()
+        # the optimisers' state tensors were replaced: a captured graph would use the old ones
+        self._graphed = None
+        self.counters.rollbacks += 1
+        self._rollbacks_in_a_row += 1
+        self.last_losses = {}
+        log.error("%s: rolled back to the state at %d updates", reason, self.sac.updates)
+
+    def _set_fault(self, reason: str) -> None:
+        self.fault = reason
+        log.error("learner faulted: %s; it stops updating and publishing", reason)
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         mark_time, mark_updates = self._rate_mark
         if now - mark_time >= 1.0 or self.updates_per_s == 0.0:
             if now > mark_time:
-                self.updates_per_s = (self.sac.updates - mark_updates) / (now - mark_time)
+                # a rollback sets the update count back: no negative rate
+                done = max(0, self.sac.updates - mark_updates)
+                self.updates_per_s = done / (now - mark_time)
             self._rate_mark = (now, self.sac.updates)
         stats = {k: float(v) for k, v in self.last_losses.items()}  # one device sync, here only
         waiting = len(self.replay) < min(self.cfg.learning_starts, self.cfg.buffer_size)
+        if self.fault is not None:
+            state = "faulted"
+        else:
+            state = "paused" if self.paused else ("waiting" if waiting else "running")
         return {
-            "state": "paused" if self.paused else ("waiting" if waiting else "running"),
+            "state": state,
             "updates": self.sac.updates,
             "updates_per_s": round(self.updates_per_s, 2),
             "replay_size": len(self.replay),
@@ -296,6 +444,11 @@ class Learner:
             "utd": self.cfg.utd,
             "learning_starts": self.cfg.learning_starts,
             "device": str(self.device),
+            "quarantined_rows": self.counters.quarantined_rows,
+            "quarantined_positions": list(self.counters.quarantined_positions),
+            "skipped_updates": int(self.sac.skipped_updates),  # one device sync, here only
+            "rollbacks": self.counters.rollbacks,
+            "fault": self.fault,
         }
 
     def write_status(self) -> None:
@@ -332,7 +485,10 @@ class Learner:
                 self._logged_versions.add(e.version)
 
     def close(self, publish: bool = True) -> None:
-        """Publish what was learnt since the last version, checkpoint, flush the event files."""
+        """Publish what was learnt since the last version, checkpoint, flush the event files.
+
+        A faulted learner publishes and saves nothing: its status says why.
+        """
         if publish and self.sac.updates > max(self.counters.last_published_updates, 0):
             self.publish()
         self.checkpoint()
