@@ -148,8 +148,8 @@ class Settings(BaseSettings):
         """What a service with these tokens should warn about at start-up."""
         if self.robot_token is not None and self.operator_token is None:
             return [
-                "only a robot token is set, no operator token: nobody can use /v1/admin (hold, pin, pause); set "
-                "ROBOT_SAC_OPERATOR_TOKEN"
+                "only a robot token is set, no operator token: nobody can use /v1/admin "
+                "(hold, pin, pause); set ROBOT_SAC_OPERATOR_TOKEN"
             ]
         if self.operator_token is not None and self.robot_token is None:
             return [

@@ -108,10 +108,18 @@ def test_the_key_is_the_key_whatever_the_body(service: ThreadService) -> None:
     retry = [packed("r1", "ep", s) for s in range(4)]
     assert post(c, {"transitions": retry}).json() == {"accepted": 2, "duplicates": 2}
     # a batch repeating a key inside itself counts it once
-    again = [packed("r1", "ep", 4), packed("r1", "ep", 4, reward=5.0)]
+    again = [packed("r1", "ep", 4), packed("r1", "ep", 4)]
     assert post(c, {"transitions": again}).json() == {"accepted": 1, "duplicates": 1}
+    # the same key with other content, in a JSON body or a packed one: 409, nothing stored
+    other = [packed("r1", "ep", 5), packed("r1", "ep", 5, reward=5.0)]
+    r = post(c, {"transitions": other})
+    assert r.status_code == 409, r.text
+    assert "r1/ep/5" in r.json()["detail"] and "reward" in r.json()["detail"]
+    reused = transition("r1", "ep", 0, reward=2.0)
+    r = c.post("/v1/transitions", json={"transitions": [reused]})
+    assert r.status_code == 409 and "r1/ep/0" in r.json()["detail"], r.text
     assert service.state.store.transition_count() == 5
-    assert stored(service.data_dir)[("r1", "ep", 4)][2] == 1.0  # the first copy won
+    assert stored(service.data_dir)[("r1", "ep", 0)][2] == 1.0  # the stored row stays
     text = c.get("/metrics").text
     assert metric(text, "robot_sac_transitions_accepted_total") == 5.0
     assert metric(text, "robot_sac_transitions_duplicates_total") == 3.0

@@ -12,7 +12,8 @@ import contextlib
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,19 +27,37 @@ from robot_sac import __version__
 from robot_sac.devices import resolve_device
 from robot_sac.schemas import ActBatchRequest, ActRequest, TaskSpec, TransitionsRequest
 from robot_sac.services.inference.batcher import MicroBatcher
-from robot_sac.services.inference.deps import AppState
+from robot_sac.services.inference.deps import AppState, store_refusal
 from robot_sac.services.inference.fast_path import FastPath
 from robot_sac.services.inference.guard import Guard
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.routers import act, admin, health, policy, transitions
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
-from robot_sac.store import Store, StoreError, open_store
+from robot_sac.store import Store, StoreBusy, StoreError, open_store
 
 log = logging.getLogger("robot_sac.service")
 
 # Threads that append to the transition log: more than a few only wait on the same write lock.
 WRITER_THREADS = 4
+# How long start-up waits for a store that another process keeps busy.
+STARTUP_WAIT_S = 60.0
+
+
+async def _patiently(call: Callable[[], Any], wait_s: float = STARTUP_WAIT_S) -> Any:
+    """``call()`` (a coroutine function, or a blocking one run off the loop), tried again while
+    the store is busy, for up to ``wait_s``: at start-up another process may hold its lock."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if inspect.iscoroutinefunction(call):
+                return await call()
+            return await anyio.to_thread.run_sync(call)
+        except StoreBusy as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for the store: %s", exc)
+            await asyncio.sleep(0.5)
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -97,8 +116,10 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
         own_store = store is None
-        st = store or await anyio.to_thread.run_sync(
-            lambda: open_store(spec, settings.data_dir, settings.store_url)
+        st = store or await _patiently(
+            lambda: open_store(
+                spec, settings.data_dir, settings.store_url, busy_timeout_s=settings.store_wait_s
+            )
         )
         metrics = ServiceMetrics()
         metrics.watch_learner(st.learner_status)
@@ -114,8 +135,8 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="log-writer")
         tasks: list[asyncio.Task[None]] = []
         try:
-            await anyio.to_thread.run_sync(st.ensure_initial_policy)
-            await serving.sync()
+            await _patiently(st.ensure_initial_policy)
+            await _patiently(serving.sync)
             if serving.served is None:
                 raise RuntimeError(
                     "no registered policy version passes validation: "
@@ -180,11 +201,8 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
 
     @app.exception_handler(StoreError)
     async def _store_unavailable(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"the store is unavailable: {exc}"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        refusal = store_refusal(exc)
+        return JSONResponse({"detail": refusal.detail}, status_code=503, headers=refusal.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robot_sac.safety import SafetyEnvelope
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.serving import Served, ServingState
 
@@ -60,7 +61,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="inference", initializer=self._init_thread
         )
-        self._safe = np.asarray(state.spec.safe_action, dtype=np.float32)
+        self._envelope = SafetyEnvelope.from_spec(state.spec)
         self._last_jobs = 0
 
     def _init_thread(self) -> None:
@@ -69,7 +70,7 @@ class MicroBatcher:
 
     def held(self, rows: int) -> np.ndarray:
         """The task's safe action, ``rows`` times: ``(rows, action_dim)``."""
-        return np.tile(self._safe, (rows, 1))
+        return self._envelope.held(rows)
 
     async def act(
         self, obs: np.ndarray, deterministic: bool, deadline: float | None = None

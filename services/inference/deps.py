@@ -5,14 +5,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
-from robot_sac.store import Store
+from robot_sac.store import Store, StoreBusy, StoreError
 
 
 @dataclass
@@ -58,3 +58,9 @@ async def incoming(request: Request) -> Incoming:
         request.headers.get("content-type"),
         request.scope.get("robot_sac.deadline"),
     )
+
+
+def store_refusal(exc: StoreError) -> HTTPException:
+    """The 503 for a store that is busy (retry in a second) or away (retry in a few)."""
+    retry = "1" if isinstance(exc, StoreBusy) else "5"
+    return HTTPException(503, f"the store is unavailable: {exc}", {"Retry-After": retry})

@@ -19,7 +19,7 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from robot_sac.services.inference.deps import AppState, Incoming
+from robot_sac.services.inference.deps import AppState, Incoming, store_refusal
 from robot_sac.services.inference.routers.act import ACT, ACT_BATCH, answer
 from robot_sac.services.inference.routers.admin import HOLD, press_hold
 from robot_sac.services.inference.routers.transitions import TRANSITIONS, ingest
@@ -79,8 +79,11 @@ class FastPath:
             status, detail = self.describe_error(list(exc.errors()))
             data = json.dumps({"detail": detail}).encode()
         except StoreError as exc:
-            status, data = 503, json.dumps({"detail": f"the store is unavailable: {exc}"}).encode()
-            headers.append((b"retry-after", b"1"))
+            refusal = store_refusal(exc)
+            status, data = 503, json.dumps({"detail": refusal.detail}).encode()
+            headers += [
+                (k.lower().encode(), v.encode()) for k, v in (refusal.headers or {}).items()
+            ]
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})

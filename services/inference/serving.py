@@ -27,10 +27,10 @@ from typing import Any
 import anyio.to_thread
 import torch
 
-from robot_sac.policy import Policy, PolicyFileError, check_task, load_policy
+from robot_sac.policy import Policy, PolicyFileError, load_policy
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.metrics import ServiceMetrics
-from robot_sac.store import ControlState, PolicyRecord, Store, StoreError
+from robot_sac.store import ControlState, PolicyRecord, Store, StoreBusy, StoreError
 
 log = logging.getLogger("robot_sac.service")
 
@@ -54,7 +54,7 @@ class StoreHealth:
             self.state, self.reason, self.since = "ok", None, time.time()
 
     def failed(self, exc: BaseException) -> None:
-        state = "busy" if "busy" in type(exc).__name__.lower() else "unavailable"
+        state = "busy" if isinstance(exc, StoreBusy) else "unavailable"
         if state != self.state:
             log.warning("the store is %s: %s", state, exc)
             self.state, self.since = state, time.time()
@@ -100,6 +100,7 @@ class ServingState:
         self._retry_at: dict[int, float] = {}
         # Control fields changed here and not yet in the store (the hold, while it persists).
         self._pending: dict[str, Any] = {}
+        self._overriding: set[str] = set()
         self._persisting: asyncio.Task[None] | None = None
         self.store_health = StoreHealth()
         # Bumped by every operator change, so a slower read by the watcher cannot undo it.
@@ -122,9 +123,13 @@ class ServingState:
     def load(self, record: PolicyRecord) -> Policy:
         """Read, check and load a version (blocking: call it off the event loop)."""
         data = self.store.policy_bytes(record)
-        policy = load_policy(data, sha256=record.sha256, device=self.device)
-        check_task(policy.info, self.spec)
-        policy.set_safe_action(self.spec.safe_action)
+        policy = load_policy(
+            data,
+            sha256=record.sha256,
+            device=self.device,
+            safe_action=self.spec.safe_action,
+            spec=self.spec,
+        )
         return policy
 
     async def swap_to(self, version: int) -> tuple[bool, str | None]:
@@ -202,7 +207,11 @@ class ServingState:
     async def _persist(self) -> None:
         """Write the pending control fields until the store has taken them."""
         while self._pending:
-            changes = dict(self._pending)
+            # A field an operator is writing right now (a release) is theirs to write.
+            changes = {k: v for k, v in self._pending.items() if k not in self._overriding}
+            if not changes:
+                await asyncio.sleep(PERSIST_RETRY_S)
+                continue
             try:
                 written = await self._write_control(changes)
             except asyncio.CancelledError:
@@ -231,16 +240,19 @@ class ServingState:
 
         Raises the store's error if it does not take them in time; nothing changes then.
         """
-        cancelled = {k: self._pending.pop(k) for k in list(changes) if k in self._pending}
+        # Until the store has the change, what is pending here (a hold not yet stored) stays in
+        # force and pending; the persister leaves these fields to this write meanwhile.
+        self._overriding.update(changes)
         try:
             control = await self._write_control(changes)
         except BaseException as exc:
-            if cancelled:  # e.g. a hold not yet stored stays pending, and is stored later
-                self._pending.update(cancelled)
-                self._ensure_persisting()
             if not isinstance(exc, asyncio.CancelledError):
                 self.store_health.failed(exc)
             raise
+        finally:
+            self._overriding.difference_update(changes)
+        for key in changes:
+            self._pending.pop(key, None)
         self._control_generation += 1
         self._adopt(control)
         if not self._pending:

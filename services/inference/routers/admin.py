@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from robot_sac.policy import PolicyFileError, check_task, load_policy, read_policy_info
+from robot_sac.policy import PolicyFileError, load_policy
 from robot_sac.schemas import PinRequest
 from robot_sac.services.inference.deps import AppState, Incoming, get_state
 from robot_sac.store import StoreError
@@ -26,6 +27,14 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 HOLD = "/v1/admin/hold"
 
 LEARNER_OFFLINE_AFTER_S = 5.0
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def learner_view(status: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -47,6 +56,9 @@ def learner_view(status: dict[str, Any] | None, now: float) -> dict[str, Any]:
         if age > LEARNER_OFFLINE_AFTER_S
         else (reported if reported in ("paused", "faulted") else "running")
     )
+    # A skipped update's losses can be infinite (the learner skipped that step); JSON has no
+    # infinity, so they are shown as null.
+    status = {k: _finite_or_none(v) for k, v in status.items()}
     view = {
         "updates": 0,
         "updates_per_s": 0.0,
@@ -155,9 +167,9 @@ async def upload_policy(request: Request, state: AppState = Depends(get_state)) 
         raise HTTPException(422, "the body must be a version file (safetensors bytes)")
 
     def validate_and_register() -> int:
-        # The task first, from the metadata alone: nothing is built from a file for another task.
-        check_task(read_policy_info(data), state.spec)
-        load_policy(data, device="cpu")
+        # The task is checked from the metadata, the tensors from the header, before anything
+        # is built from the file.
+        load_policy(data, device="cpu", spec=state.spec)
         record = state.store.register_policy(data)
         assert record is not None
         return record.version

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from robot_sac.schemas import TaskSpec, TransitionsResponse
-from robot_sac.services.inference.deps import AppState, Incoming, incoming
+from robot_sac.services.inference.deps import AppState, Incoming, incoming, store_refusal
 from robot_sac.services.inference.wire import (
     BodyError,
     is_msgpack,
     read_packed_transitions,
     read_transitions,
 )
-from robot_sac.store import StoreError
+from robot_sac.store import StoreError, TransitionConflict
 from robot_sac.store.base import TransitionLike
 
 router = APIRouter(prefix="/v1", tags=["transitions"])
@@ -74,9 +74,9 @@ async def ingest(state: AppState, request: Incoming) -> bytes:
         )
     except StoreError as exc:
         state.serving.store_health.failed(exc)
-        raise HTTPException(
-            503, f"the transition log is unavailable: {exc}", {"Retry-After": "1"}
-        ) from exc
+        raise store_refusal(exc) from exc
+    except TransitionConflict as exc:  # the same key, other content: never dropped silently
+        raise HTTPException(409, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(422, _wrong_length(transitions, state.spec) or str(exc)) from exc
     state.metrics.transitions_accepted.inc(accepted)
@@ -106,7 +106,8 @@ async def log_transitions(request: Request, body: Incoming = Depends(incoming)) 
     """Append transitions; the answer comes only once they are on disk.
 
     ``(robot_id, episode_id, step)`` is the idempotency key: a retried batch is a success, its
-    transitions counted as duplicates and stored once. The body is JSON, or MessagePack with
+    transitions counted as duplicates and stored once; the same key with other content is a 409
+    naming the key, and nothing of that batch is stored. The body is JSON, or MessagePack with
     ``Content-Type: application/msgpack`` (vectors may then be float32 bytes).
     """
     data = await ingest(request.app.state.robot_sac, body)
