@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import subprocess
 import sys
 import tempfile
@@ -199,14 +200,22 @@ def main() -> None:
         fleet.start()
         rss: list[tuple[float, float]] = []
         start = time.monotonic()
+        printed = -1
         try:
-            while fleet.is_alive() and time.monotonic() - start < seconds + 120:
-                rss.append((time.monotonic() - start, rss_mb(service.proc.pid)))
+            # The fleet's results arrive on the queue (a process that has put data on a queue
+            # only exits once it has been read); sample the service's RSS meanwhile.
+            while True:
                 elapsed = time.monotonic() - start
-                if int(elapsed) % 60 < 5:
+                rss.append((elapsed, rss_mb(service.proc.pid)))
+                if int(elapsed // 60) > printed:
+                    printed = int(elapsed // 60)
                     print(f"   {elapsed / 60:.1f} min: service RSS {rss[-1][1]:.0f} MB")
-                time.sleep(5)
-            times, latencies, errors, logged = out.get(timeout=60)
+                try:
+                    times, latencies, errors, logged = out.get(timeout=5)
+                    break
+                except queue.Empty:
+                    if not fleet.is_alive() or elapsed > seconds + 300:
+                        raise RuntimeError("the robots' process ended without results") from None
             fleet.join(30)
             operator = Conn(service.port)
             _, body = operator.request(

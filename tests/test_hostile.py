@@ -613,3 +613,34 @@ def test_an_upload_built_for_another_task_is_refused_from_its_metadata(
     c = service.client()
     r = c.post("/v1/admin/policies", content=actor_bytes(obs_dim=5), headers=OCTET)
     assert_error(r, 422, "(task)")
+
+
+# === 4. the learner's faults reach the operator ===================================================
+
+
+def test_a_faulted_learner_and_its_quarantine_show_in_status_and_metrics(
+    service: ThreadService,
+) -> None:
+    """The learner's status row (as a faulted learner writes it) as the operator sees it."""
+    service.state.store.write_learner_status(
+        {
+            "state": "faulted",
+            "fault": "2 rollbacks without a good state in between",
+            "updates": 1200,
+            "quarantined_rows": 3,
+            "quarantined_positions": [17, 18, 40],
+            "skipped_updates": 7,
+            "rollbacks": 2,
+            "losses": {"loss_qvalue": float("inf"), "loss_actor": 0.5},
+        }
+    )
+    c = service.client()
+    learner = c.get("/v1/admin/status").json()["learner"]
+    assert learner["state"] == "faulted" and "rollbacks" in learner["fault"]
+    assert learner["quarantined_rows"] == 3 and learner["quarantined_positions"] == [17, 18, 40]
+    assert learner["losses"] == {"loss_qvalue": None, "loss_actor": 0.5}  # JSON has no inf
+    text = c.get("/metrics").text
+    assert "robot_sac_learner_faulted 1.0" in text
+    assert "robot_sac_learner_quarantined_rows 3.0" in text
+    assert "robot_sac_learner_skipped_updates 7.0" in text
+    assert "robot_sac_learner_rollbacks 2.0" in text

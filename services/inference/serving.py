@@ -48,8 +48,9 @@ class StoreHealth:
         self.reason: str | None = None
         self.since = time.time()
 
-    def ok(self) -> None:
-        if self.state != "ok":
+    def ok(self, wrote: bool = False) -> None:
+        """A call succeeded; only a write (``wrote``) shows that a busy store is free again."""
+        if self.state != "ok" and (wrote or self.state != "busy"):
             log.info("the store answers again (it was %s for %.1f s)", self.state, self._age())
             self.state, self.reason, self.since = "ok", None, time.time()
 
@@ -232,7 +233,7 @@ class ServingState:
         control = await loop.run_in_executor(
             self._control_writer, lambda: self.store.update_control(**changes)
         )
-        self.store_health.ok()
+        self.store_health.ok(wrote=True)
         return control
 
     async def set_control(self, **changes: Any) -> ControlState:

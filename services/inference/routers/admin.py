@@ -224,20 +224,23 @@ async def follow_policy(state: AppState = Depends(get_state)) -> dict[str, Any]:
     return await status_of(state)
 
 
-async def press_hold(state: AppState, request: Incoming) -> bytes:
-    """Hold now, then answer the status (the fast path serves ``POST /v1/admin/hold`` with this,
-    so the hold takes effect before any routing; the FastAPI route below runs it otherwise)."""
+async def _hold_now(state: AppState) -> dict[str, Any]:
+    """Hold now, then the status; without the store, what is known without it."""
     state.serving.press_hold()
     log.warning("hold pressed: every act answers the safe action until released")
     try:
-        status = await status_of(state)
-    except StoreError:  # the hold holds; say what is known without the store
-        status = _from_memory(state)
-    return json.dumps(status).encode()
+        return await status_of(state)
+    except StoreError:  # the hold holds all the same
+        return _from_memory(state)
+
+
+async def press_hold(state: AppState, request: Incoming) -> bytes:
+    """``POST /v1/admin/hold`` on the fast path, so the hold takes effect before any routing."""
+    return json.dumps(await _hold_now(state)).encode()
 
 
 @router.post("/hold")
-async def hold(request: Request, state: AppState = Depends(get_state)) -> dict[str, Any]:
+async def hold(state: AppState = Depends(get_state)) -> dict[str, Any]:
     """Every act answers the task's safe action with ``"hold": true`` until released.
 
     It takes effect at once, in memory, for every act answered after it arrives, whatever the
@@ -245,7 +248,7 @@ async def hold(request: Request, state: AppState = Depends(get_state)) -> dict[s
     replicas and a restarted service hold too. A software hold: it does not replace a robot's
     hardware emergency stop.
     """
-    return json.loads(await press_hold(state, Incoming(b"")))  # type: ignore[no-any-return]
+    return await _hold_now(state)
 
 
 @router.post("/release")

@@ -79,6 +79,7 @@ async def ingest(state: AppState, request: Incoming) -> bytes:
         raise HTTPException(409, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(422, _wrong_length(transitions, state.spec) or str(exc)) from exc
+    state.serving.store_health.ok(wrote=True)
     state.metrics.transitions_accepted.inc(accepted)
     state.metrics.transitions_duplicates.inc(duplicates)
     return TransitionsResponse(accepted=accepted, duplicates=duplicates).model_dump_json().encode()
