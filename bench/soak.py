@@ -10,8 +10,8 @@ every 3 s, so the service swaps policies all along.
 Goals: 0 errors; the service's RSS grows less than 50 MB after the first minute; the p99 act
 latency of the last minute is within 1.5x of the first minute's.
 
-    PYTHONPATH=. .venv/bin/python bench/soak.py                 # 10 minutes
-    PYTHONPATH=. .venv/bin/python bench/soak.py --minutes 1     # a shorter run
+    .venv/bin/python bench/soak.py                 # 10 minutes
+    .venv/bin/python bench/soak.py --minutes 1     # a shorter run
 
 Writes ``bench/results/soak.json``.
 """
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from bench.hostile import OPERATOR_TOKEN, ROBOT_TOKEN, request, rss_mb, start_service
 from bench.serve_latency import ACTION_DIM, OBS_DIM, Conn, async_request
 
@@ -239,7 +240,7 @@ def main() -> None:
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "PYTHONPATH=. .venv/bin/python bench/soak.py"
+        "command": ".venv/bin/python bench/soak.py"
         + (f" --minutes {args.minutes:g}" if args.minutes != 10 else ""),
         "robots": args.robots,
         "rate_hz": args.rate_hz,
