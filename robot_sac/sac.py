@@ -214,7 +214,7 @@ class SAC:
         """Whether the actor (``actor_only``) or the whole training state holds finite values."""
         if actor_only:
             return all_finite(self.actor.parameters())
-        tensors = [
+        tensors: list[Tensor] = [
             *self.actor.parameters(),
             *self.critic.parameters(),
             *self.critic_target.parameters(),

@@ -49,7 +49,7 @@ class FastPath:
         self.app, self.describe_error = app, describe_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path")
+        path: str = scope.get("path", "")
         handler = HANDLERS.get(path) if scope["type"] == "http" else None
         state = getattr(scope["app"].state, "robot_sac", None) if "app" in scope else None
         if (
