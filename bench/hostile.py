@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -208,30 +207,15 @@ def stalled_bodies(service: Server, seconds: float, connections: int) -> dict[st
 
 
 # --- 2. the hold while the store is locked -------------------------------------------------------
-LOCKER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
 def hold_under_lock(service: Server, data_dir: Path, presses: int) -> dict[str, Any]:
     from bench.serve_latency import Conn
+    from tests.servers import StoreLock
 
     obs = {"obs": [0.1] * OBS_DIM}
     firsts: list[float] = []
     answers: list[float] = []
     for _ in range(presses):
-        locker = subprocess.Popen(
-            [sys.executable, "-c", LOCKER, str(data_dir / "store.sqlite")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        locker = StoreLock(data_dir / "store.sqlite")
         seen: list[tuple[float, bool]] = []
         stop = threading.Event()
 
@@ -257,10 +241,7 @@ def hold_under_lock(service: Server, data_dir: Path, presses: int) -> dict[str, 
         assert status == 200 and held, "the hold was not answered"
         firsts.append(held[0] - pressed)
         answers.append(answered)
-        assert locker.stdin is not None
-        locker.stdin.write("\n")
-        locker.stdin.flush()
-        locker.wait(10)
+        locker.release()
         while True:  # release once the store is free again (it waits for the store)
             status, _ = operator.request(request("/v1/admin/release", None, OPERATOR_TOKEN))
             if status == 200:

@@ -25,8 +25,10 @@ import pytest
 
 from robot_sac.settings import Settings
 from tests.servers import (
+    CHEETAH,
     OPERATOR_TOKEN,
     ROBOT_TOKEN,
+    StoreLock,
     ThreadService,
     start_thread_service,
     transition,
@@ -282,35 +284,6 @@ def test_deeply_nested_bodies_are_4xx(service: ThreadService, depth: int) -> Non
 
 
 # === 3. the hold does not wait for the store ======================================================
-
-LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
-class StoreLock:
-    """Another process holding the SQLite store's write lock until released."""
-
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", LOCKER, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "locked"
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("\n")
-            self.proc.stdin.flush()
-            self.proc.wait(10)
 
 
 def test_hold_takes_effect_at_once_while_another_process_holds_the_store(
@@ -644,3 +617,44 @@ def test_a_faulted_learner_and_its_quarantine_show_in_status_and_metrics(
     assert "robot_sac_learner_quarantined_rows 3.0" in text
     assert "robot_sac_learner_skipped_updates 7.0" in text
     assert "robot_sac_learner_rollbacks 2.0" in text
+
+
+# === 4, 8. values bounded at ingest; an upload's metadata checked before anything is built ==
+
+
+def test_the_task_bounds_refuse_a_glitching_sensor_at_ingest(tmp_path: Path) -> None:
+    spec = CHEETAH.model_copy(update={"obs_bound": 100.0, "reward_bound": 10.0})
+    svc = start_thread_service(tmp_path / "d", spec=spec)
+    try:
+        c = svc.client()
+        for field, value in (("reward", 3.4e38), ("obs", [3.4e38] * OBS_DIM)):
+            batch = [transition("r", "e", 0), transition("r", "e", 1, **{field: value})]
+            r = c.post("/v1/transitions", json={"transitions": batch})
+            assert_error(r, 422, field, "bound")
+            packed = msgspec.msgpack.encode({"transitions": batch})
+            r = c.post(
+                "/v1/transitions", content=packed, headers={"content-type": "application/msgpack"}
+            )
+            assert_error(r, 422, field, "bound")
+        assert svc.state.store.transition_count() == 0
+        ok = [transition("r", "e", 0, reward=-10.0, obs=[100.0] * OBS_DIM)]
+        assert c.post("/v1/transitions", json={"transitions": ok}).json()["accepted"] == 1
+    finally:
+        svc.stop()
+
+
+def test_an_upload_claiming_huge_layers_is_refused_from_its_metadata(
+    service: ThreadService,
+) -> None:
+    data = actor_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    header["__metadata__"]["hidden"] = "[100000, 100000]"
+    encoded = json.dumps(header).encode()
+    lying = len(encoded).to_bytes(8, "little") + encoded + data[8 + header_len :]
+    c = service.client()
+    start = time.monotonic()
+    r = c.post("/v1/admin/policies", content=lying, headers=OCTET)
+    assert_error(r, 422, "(metadata)", "4096")
+    assert time.monotonic() - start < 1.0  # 10^10 weights were allocated before
+    assert service.state.store.latest_policy().version == 0
