@@ -403,6 +403,8 @@ def test_hold_answers_the_safe_action_until_released(service: ThreadService) -> 
     r = c.post("/v1/admin/hold")
     assert r.status_code == 200, r.text
     assert r.json()["hold"] is True
+    assert r.json()["hold_persisted"] is True  # a free store takes it before the answer
+    assert service.state.store.control().hold is True
     act = c.post("/v1/act", json={"obs": OBS}).json()
     assert act == {"action": [0.0] * ACTION_DIM, "policy_version": 0, "hold": True}
     batch = c.post("/v1/act/batch", json={"obs": [OBS, OBS]}).json()

@@ -201,6 +201,14 @@ class ServingState:
         self.metrics.hold_persisted.set(0.0)
         self._ensure_persisting()
 
+    async def persisted_within(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for pending control fields to reach the store (the hold is
+        already in force meanwhile); whether they did."""
+        task = self._persisting
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout_s)  # never cancels the persisting
+        return self.hold_persisted
+
     def _ensure_persisting(self) -> None:
         if self._persisting is None or self._persisting.done():
             self._persisting = asyncio.get_running_loop().create_task(self._persist())

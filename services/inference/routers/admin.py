@@ -27,6 +27,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 HOLD = "/v1/admin/hold"
 
 LEARNER_OFFLINE_AFTER_S = 5.0
+# How long the answer to a hold waits for the hold to be stored (it holds from its arrival).
+HOLD_ANSWER_WAIT_S = 0.25
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -228,6 +230,9 @@ async def _hold_now(state: AppState) -> dict[str, Any]:
     """Hold now, then the status; without the store, what is known without it."""
     state.serving.press_hold()
     log.warning("hold pressed: every act answers the safe action until released")
+    # The hold is in force already; a healthy store takes it within milliseconds, and then the
+    # answer can say it is stored.
+    await state.serving.persisted_within(HOLD_ANSWER_WAIT_S)
     try:
         return await status_of(state)
     except StoreError:  # the hold holds all the same
