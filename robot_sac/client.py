@@ -46,7 +46,9 @@ _json, _msgpack = msgspec.json.Encoder(), msgspec.msgpack.Encoder()
 
 
 class ServiceError(RuntimeError):
-    """The service refused a request (4xx): retrying the same request would not help."""
+    """The service refused a request: a 4xx (retrying the same request would not help, except
+    after a 429, which says when in ``Retry-After``), 503 (busy: retry soon) or 504 (past the
+    request's ``X-Deadline-Ms``). ``status`` is the HTTP status, ``detail`` the service's words."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"{status}: {detail}")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from robot_sac.client import RobotClient
+from robot_sac.client import RobotClient, ServiceError
 from robot_sac.sim.envs import make_env
 
 log = logging.getLogger("robot_sac.sim")
@@ -68,15 +68,20 @@ class Pacer:
 def _act(
     client: RobotClient, obs: np.ndarray, deterministic: bool
 ) -> tuple[list[float], int, bool]:
-    """Act, waiting for the service while it is away (a restart): robots keep their place."""
+    """Act, waiting for the service while it is away (a restart) or asks to be asked again later
+    (429 over the token's rate, 503 a full act queue): robots keep their place."""
     delay = 0.05
     while True:
         try:
             return client.act(obs.tolist(), deterministic)
         except httpx.TransportError as exc:
             log.info("service unreachable (%s); retrying in %.2f s", type(exc).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        except ServiceError as exc:
+            if exc.status not in (429, 503):
+                raise
+            log.info("service busy (%d: %s); retrying in %.2f s", exc.status, exc, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def run_robot(

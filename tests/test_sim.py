@@ -105,3 +105,26 @@ def test_a_simulated_robot_acts_and_logs_through_the_service(tmp_path):
         assert episodes[0].success_rate == np.mean([r.success for r in reports])
     finally:
         svc.stop()
+
+
+def test_a_simulated_robot_rides_out_429_and_503(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Over its token's rate the service answers 429; the robot waits and asks again."""
+    from robot_sac.client import RobotClient, ServiceError
+    from robot_sac.sim.robot import _act
+    from tests.servers import CHEETAH
+
+    svc = start_thread_service(tmp_path / "d", rate_limit_per_s=5.0, rate_limit_burst=2)
+    try:
+        obs = np.zeros(CHEETAH.obs_dim, np.float32)
+        with RobotClient(svc.url, robot_id="sim-0") as client:
+            client.act(obs.tolist())
+            client.act(obs.tolist())  # the burst spent
+            with pytest.raises(ServiceError) as refused:
+                client.act(obs.tolist())
+            assert refused.value.status == 429
+            for _ in range(5):
+                action, version, hold = _act(client, obs, deterministic=True)
+                assert len(action) == CHEETAH.action_dim and version == 0 and not hold
+        assert "robot_sac_rate_limited_total" in svc.client().get("/metrics").text
+    finally:
+        svc.stop()
