@@ -658,3 +658,13 @@ def test_an_upload_claiming_huge_layers_is_refused_from_its_metadata(
     assert_error(r, 422, "(metadata)", "4096")
     assert time.monotonic() - start < 1.0  # 10^10 weights were allocated before
     assert service.state.store.latest_policy().version == 0
+
+
+def test_a_release_naming_one_robot_releases_nobody(service: ThreadService) -> None:
+    """Holds are for every robot in this version: "release r1" must not release them all."""
+    c = service.client()
+    assert c.post("/v1/admin/hold", json={"robot_id": "r1"}).json()["hold"] is True
+    assert c.post("/v1/act", json={"obs": OBS, "robot_id": "r2"}).json()["hold"] is True
+    assert_error(c.post("/v1/admin/release", json={"robot_id": "r1"}), 422, "every robot")
+    assert c.post("/v1/act", json={"obs": OBS, "robot_id": "r1"}).json()["hold"] is True
+    assert c.post("/v1/admin/release").json()["hold"] is False

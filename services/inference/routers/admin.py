@@ -248,6 +248,9 @@ async def press_hold(state: AppState, request: Incoming) -> bytes:
 async def hold(state: AppState = Depends(get_state)) -> dict[str, Any]:
     """Every act answers the task's safe action with ``"hold": true`` until released.
 
+    Every robot: a body naming one robot (``{"robot_id": ...}``) holds them all, the safe reading
+    until one robot's hold is available.
+
     It takes effect at once, in memory, for every act answered after it arrives, whatever the
     store is doing; it is then stored (``hold_persisted`` in the status says when), so other
     replicas and a restarted service hold too. A software hold: it does not replace a robot's
@@ -257,8 +260,19 @@ async def hold(state: AppState = Depends(get_state)) -> dict[str, Any]:
 
 
 @router.post("/release")
-async def release(state: AppState = Depends(get_state)) -> dict[str, Any]:
-    """End the hold, once the store has it (503 with Retry-After while the store is busy)."""
+async def release(request: Request, state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """End the hold, once the store has it (503 with Retry-After while the store is busy).
+
+    The hold is for every robot in this version: a body naming one robot is refused rather than
+    read as a release of all of them.
+    """
+    if await request.body():
+        raise HTTPException(
+            422,
+            "a release takes no body: the hold is for every robot in this version (one robot's "
+            "hold and release are not available yet); POST /v1/admin/release without a body "
+            "releases every robot",
+        )
     status = await _set_control(state, hold=False)
     log.warning("hold released")
     return status
