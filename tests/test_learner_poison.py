@@ -9,7 +9,9 @@ non-finite anyway, and, when that cannot cure it, report ``faulted`` instead of 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +302,22 @@ def test_checkpoints_without_the_new_counters_load_and_a_non_finite_one_is_not_r
     assert [p.updates for p in store.list_policies()] == [0, 50, 100, 150]
     assert assert_every_version_loads(store) == 4
     assert_checkpoint_finite(ckpt)
+
+
+def test_a_skipped_updates_infinite_losses_are_written_as_null(small: tuple[Path, Store]) -> None:
+    """JSON (and PostgreSQL's JSON) has no infinity: the status row says null for such a loss."""
+    data, store = small
+    learner = small_learner(data, store)
+    learner.last_losses = {
+        "loss_qvalue": torch.tensor(math.inf),
+        "loss_actor": torch.tensor(0.25),
+        "loss_alpha": torch.tensor(math.nan),
+        "alpha": torch.tensor(0.1),
+    }
+    status = learner.status()
+    assert status["losses"] == {"loss_actor": 0.25, "loss_qvalue": None, "loss_alpha": None}
+    learner.write_status()
+    with sqlite3.connect(data / "store.sqlite") as conn:
+        (text,) = conn.execute("SELECT status FROM learner_status").fetchone()
+    row = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the status row"))
+    assert row["losses"]["loss_qvalue"] is None and row["alpha"] == pytest.approx(0.1)

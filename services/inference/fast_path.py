@@ -61,12 +61,10 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         scope["robot_sac.route"] = path
-        content_type = None
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                content_type = value.decode("latin-1")
         request = Incoming(
-            scope.get("robot_sac.body", b""), content_type, scope.get("robot_sac.deadline")
+            scope.get("robot_sac.body", b""),
+            scope.get("robot_sac.content_type"),
+            scope.get("robot_sac.deadline"),
         )
         headers = [(b"content-type", b"application/json")]
         try:

@@ -6,8 +6,9 @@ a body must be of a type the route takes (415) and not declared larger than the 
 (413). Only then is the body read, whole, within a deadline (408 for a slow sender) and within
 the limit (413 for a chunked body that grows past it). A refused request's body is never read:
 the answer goes out at once and, for 401, 403 and 413, the connection is closed. The routes get
-the body already read (``scope["robot_sac.body"]``), and the ``X-Deadline-Ms`` header as an
-absolute deadline (``scope["robot_sac.deadline"]``, monotonic seconds).
+the body already read (``scope["robot_sac.body"]``), its ``Content-Type``
+(``scope["robot_sac.content_type"]``), and the ``X-Deadline-Ms`` header as an absolute deadline
+(``scope["robot_sac.deadline"]``, monotonic seconds).
 
 Plain ASGI, not ``BaseHTTPMiddleware``: this runs on every act, so it keeps to one pass over the
 headers and a few comparisons.
@@ -217,6 +218,8 @@ class Guard:
                 )
         if deadline is not None:
             scope["robot_sac.deadline"] = _deadline(deadline, arrived)
+        if content_type is not None:  # the routes read it from here, not from the headers again
+            scope["robot_sac.content_type"] = content_type.decode("latin-1")
         has_body = chunked is not None or (length is not None and length.strip() != b"0")
         if not has_body:
             return None

@@ -55,6 +55,10 @@ QUARANTINE_POSITIONS = 20  # log positions of the latest quarantined rows, kept 
 MAX_SKIPPED_IN_A_ROW = 100
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 @dataclass
 class Counters:
     """What the learner has done, persisted in its checkpoint."""
@@ -420,7 +424,9 @@ class Learner:
                 done = max(0, self.sac.updates - mark_updates)
                 self.updates_per_s = done / (now - mark_time)
             self._rate_mark = (now, self.sac.updates)
-        stats = {k: float(v) for k, v in self.last_losses.items()}  # one device sync, here only
+        # One device sync, here only. A skipped update's losses can be infinite: JSON (and
+        # PostgreSQL's) has no infinity, so they are reported as null.
+        stats = {k: _finite_or_none(float(v)) for k, v in self.last_losses.items()}
         waiting = len(self.replay) < min(self.cfg.learning_starts, self.cfg.buffer_size)
         if self.fault is not None:
             state = "faulted"
@@ -456,10 +462,12 @@ class Learner:
         self.store.write_learner_status(status)
         if self._writer is not None and self.last_losses:
             step = self.sac.updates
-            for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
-                self._writer.add_scalar(f"loss/{key}", status["losses"][key], step)
-            for key in ("alpha", "entropy", "q_mean", "updates_per_s"):
-                self._writer.add_scalar(f"sac/{key}", status[key], step)
+            scalars = {f"loss/{k}": status["losses"].get(k) for k in status["losses"]}
+            scalars |= {f"sac/{k}": status[k] for k in ("alpha", "entropy", "q_mean")}
+            scalars["sac/updates_per_s"] = status["updates_per_s"]
+            for tag, value in scalars.items():
+                if value is not None:  # a skipped update's loss is not a point on the curve
+                    self._writer.add_scalar(tag, value, step)
             if self.data_age_updates is not None:
                 self._writer.add_scalar("data/age_updates", self.data_age_updates, step)
 
