@@ -671,3 +671,26 @@ def test_a_release_naming_one_robot_releases_nobody(service: ThreadService) -> N
     assert_error(c.post("/v1/admin/release", json={"robot_id": "r1"}), 422, "every robot")
     assert c.post("/v1/act", json={"obs": OBS, "robot_id": "r1"}).json()["hold"] is True
     assert c.post("/v1/admin/release").json()["hold"] is False
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/act HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999999999999\r\n",
+        b"POST /v1/act HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n",
+        b"NOT A REQUEST\r\n",
+    ],
+    ids=["length-beyond-64-bits", "negative-length", "no-request-line"],
+)
+def test_a_request_the_http_parser_refuses_gets_a_json_400(
+    guarded: ThreadService, head: bytes
+) -> None:
+    sock = _connect(guarded.url)
+    try:
+        sock.sendall(head + b"\r\n")
+        status, headers, body = _read_answer(sock)
+        assert status == 400 and headers["content-type"] == "application/json"
+        assert "malformed HTTP request" in json.loads(body)["detail"]
+        assert _closed_by_server(sock, 2.0)
+    finally:
+        sock.close()

@@ -15,6 +15,7 @@ its server with :func:`server_config`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from typing import Any
@@ -69,6 +70,22 @@ def _guarded_protocol(max_connections: int, header_timeout_s: float) -> type[Any
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm_header_timer()  # the next request's headers, on a kept-alive connection
+
+        def send_400_response(self, msg: str) -> None:
+            """A request the HTTP parser refuses (a bad Content-Length, say), answered as every
+            error of the API is: ``{"detail": ...}``, and the connection closed."""
+            body = json.dumps({"detail": f"malformed HTTP request: {msg}"}).encode()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            head += [
+                name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+            ]
+            head += [
+                b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n\r\n",
+            ]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
