@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.cuda_graphs import GraphedUpdate
 from robot_sac.policy import load_policy, policy_bytes
@@ -92,7 +93,7 @@ def test_learner_trains_on_cuda_with_a_graphed_update(tmp_path):
     )
     settings = Settings(data_dir=tmp_path, device="cuda", publish_every=100)
     store = open_store(spec, tmp_path)
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     store.append(transitions(0, 1000))
     learner = Learner(settings, spec, store, torch.device("cuda"))
     learner.start()

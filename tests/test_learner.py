@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.schemas import TaskSpec, Transition
 from robot_sac.store import Store, open_store
@@ -64,7 +65,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, Store]]:
     data = tmp_path / "data"
     task = write_task(tmp_path / "task.json", TASK)
     store = open_store(TASK, data)
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     yield data, task, store
     store.close()
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.policy import load_policy
 from robot_sac.services.learner import Learner
@@ -154,7 +155,7 @@ def test_a_glitching_sensor_is_quarantined_and_learning_goes_on_across_a_restart
 def small(tmp_path: Path) -> Iterator[tuple[Path, Store]]:
     data = tmp_path / "data"
     store = open_store(TASK, data)
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     store.append(transitions(0, 1500))  # utd 1 after 200 learning starts: 1300 updates due
     yield data, store
     store.close()

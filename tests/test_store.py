@@ -37,8 +37,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import robot_sac.store.base as store_base
+import robot_sac.bootstrap as bootstrap
 import robot_sac.store.sqlite as store_sqlite
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.networks import Actor
 from robot_sac.policy import PolicyFileError, load_policy, policy_bytes, read_policy_info
@@ -199,7 +200,6 @@ def test_empty_log_reads_nothing_and_reports_position_zero(store: Store) -> None
     rows = store.read_after(0, 10)
     assert len(rows) == 0
     assert rows.obs.shape == (0, 3) and rows.action.shape == (0, 2)
-    assert len(store.read_latest(5)) == 0
     assert store.append([]) == (0, 0)
 
 
@@ -327,17 +327,6 @@ def test_read_after_pages_through_every_row_once_in_order(store: Store) -> None:
     assert len(store.read_after(last, 10)) == 0
     assert len(store.read_after(0, 0)) == 0
     assert store.transition_count() == total
-
-
-def test_read_latest_returns_the_newest_rows_in_log_order(store: Store) -> None:
-    for b in range(3):
-        store.append([step(i, episode=f"e{b}", tag=float(10 * b + i)) for i in range(4)])
-    everything = all_rows(store)
-    newest = store.read_latest(5)
-    assert tags(newest) == [13.0, 20.0, 21.0, 22.0, 23.0]
-    np.testing.assert_array_equal(newest.position, everything.position[-5:])
-    assert tags(store.read_latest(100)) == tags(everything)
-    assert len(store.read_latest(0)) == 0
 
 
 def test_log_survives_close_and_reopen_and_positions_keep_increasing(
@@ -737,9 +726,9 @@ def test_property_episode_returns_follow_the_stored_steps(
 
 def test_ensure_initial_policy_registers_version_0_once(store: Store) -> None:
     assert store.latest_policy() is None and store.list_policies() == []
-    v0 = store.ensure_initial_policy()
+    v0 = ensure_initial_policy(store)
     assert v0.version == 0
-    assert store.ensure_initial_policy() == v0
+    assert ensure_initial_policy(store) == v0
     assert store.list_policies() == [v0]
     assert store.register_policy(make_policy_bytes()[0], first=True) is None
     assert store.list_policies() == [v0]
@@ -758,7 +747,7 @@ def test_ensure_initial_policy_registers_version_0_once(store: Store) -> None:
 
 
 def test_register_policy_numbers_versions_and_rewrites_the_file_version(store: Store) -> None:
-    v0 = store.ensure_initial_policy()
+    v0 = ensure_initial_policy(store)
     data, actor = make_policy_bytes(version=42, updates=7)
     v1 = store.register_policy(data)
     v2 = store.register_policy(make_policy_bytes(version=1, seed=2)[0])
@@ -792,7 +781,7 @@ GARBAGE = {
 
 @pytest.mark.parametrize("data", GARBAGE.values(), ids=GARBAGE.keys())
 def test_garbage_is_refused_without_using_a_version_number(store: Store, data: bytes) -> None:
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     with pytest.raises(PolicyFileError):
         store.register_policy(data)
     assert [r.version for r in store.list_policies()] == [0]
@@ -802,7 +791,7 @@ def test_garbage_is_refused_without_using_a_version_number(store: Store, data: b
 def test_a_number_reserved_by_a_failed_registration_is_never_reused(
     store: Store, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     failed = fail_next_write(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
         store.register_policy(make_policy_bytes(seed=5)[0])
@@ -819,19 +808,19 @@ def test_a_number_reserved_by_a_failed_registration_is_never_reused(
 
 def test_version_numbering_continues_after_reopen(make_store: MakeStore) -> None:
     store = make_store()
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     store.register_policy(make_policy_bytes()[0])
     store.close()
     store = make_store()
     latest = store.latest_policy()
     assert latest is not None and latest.version == 1
-    assert store.ensure_initial_policy() == latest  # no new version on a restart
+    assert ensure_initial_policy(store) == latest  # no new version on a restart
     assert store.register_policy(make_policy_bytes(seed=3)[0]).version == 2
     assert [r.version for r in store.list_policies()] == [0, 1, 2]
 
 
 def test_concurrent_registrations_get_distinct_numbers(store: Store) -> None:
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     data = [make_policy_bytes(seed=s)[0] for s in range(6)]
     got: list[int] = []
     errors: list[BaseException] = []
@@ -860,16 +849,16 @@ def test_a_failed_first_start_does_not_block_later_starts(
 ) -> None:
     fail_next_write(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
-        store.ensure_initial_policy()
+        ensure_initial_policy(store)
     store.close()
     # Restart. A fake clock makes the store's wait for "another process" pass at once.
     clock = itertools.count(0.0, 5.0)
     fake_time = types.SimpleNamespace(
         monotonic=lambda: next(clock), sleep=lambda _s: None, time=time.time
     )
-    monkeypatch.setattr(store_base, "time", fake_time)
+    monkeypatch.setattr(bootstrap, "time", fake_time)
     restarted = make_store()
-    record = restarted.ensure_initial_policy()  # a number > 0 is fine: 0 must not be reused
+    record = ensure_initial_policy(restarted)  # a number > 0 is fine: 0 must not be reused
     assert load_policy(restarted.policy_bytes(record), sha256=record.sha256).obs_dim == 3
 
 
@@ -965,7 +954,7 @@ def _ensure_in_child(
     store = open_backend(backend, SPEC, Path(where))
     try:
         barrier.wait(60)  # and ask for version 0 at the same moment
-        record = store.ensure_initial_policy()
+        record = ensure_initial_policy(store)
         results.put((record.version, record.sha256))
     finally:
         store.close()
@@ -1190,7 +1179,7 @@ def test_open_store_without_url_opens_sqlite_in_the_data_dir(tmp_path: Path) -> 
 
 
 def test_policy_record_describe_names_the_version(store: Store) -> None:
-    v0 = store.ensure_initial_policy()
+    v0 = ensure_initial_policy(store)
     assert isinstance(v0, PolicyRecord)
     assert v0.describe() == {
         "version": 0,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.store import (
     ControlState,
     StoreBusy,
@@ -33,7 +34,7 @@ MARGIN = 0.8  # SQLite's busy handler sleeps in steps of up to 100 ms; the machi
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     store = open_store(SPEC, tmp_path / "data", busy_timeout_s=WAIT)
     assert isinstance(store, SQLiteStore)
-    store.ensure_initial_policy()
+    ensure_initial_policy(store)
     store.append([step(0, tag=1.0)])
     yield store
     store.close()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from robot_sac.store import StoreError, VersionEpisodes, open_store
-from robot_sac.store.base import SCHEMA_VERSION
+from robot_sac.store.sqlite import SCHEMA_VERSION
 from tests.test_store import SPEC, step
 
 

@@ -1,4 +1,4 @@
-"""The store: transition log, policy registry, control state (see :mod:`robot_sac.store.base`).
+"""The store: transition log, policy registry, control state (interface: :mod:`.base`).
 
 ``open_store`` picks the backend: SQLite in a data directory by default, PostgreSQL for fleets.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from robot_sac.schemas import TaskSpec
-from robot_sac.store.base import (
+from robot_sac.store.base import Store, versions_to_keep
+from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
-    Store,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -32,6 +32,7 @@ __all__ = [
     "VersionEpisodes",
     "open_existing",
     "open_store",
+    "versions_to_keep",
 ]
 
 

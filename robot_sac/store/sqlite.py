@@ -23,12 +23,18 @@ import numpy as np
 from robot_sac.fileio import write_atomic
 from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
-from robot_sac.store.base import (
-    SCHEMA_VERSION,
+from robot_sac.store.base import Store
+from robot_sac.store.codec import (
+    check_fingerprint,
+    decode_rows,
+    encode_rows,
+    find_conflict,
+    task_fingerprint,
+)
+from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
-    Store,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -36,12 +42,10 @@ from robot_sac.store.base import (
     TransitionKey,
     TransitionLike,
     VersionEpisodes,
-    check_fingerprint,
-    decode_rows,
-    encode_rows,
-    find_conflict,
-    task_fingerprint,
 )
+
+# The SQLite file's schema: 2 added the episode tallies (migrated from 1 on open).
+SCHEMA_VERSION = 2
 
 # Portable SQL: the PostgreSQL backend runs the same statements with BIGSERIAL/BYTEA types.
 SCHEMA = """
@@ -97,6 +101,11 @@ CREATE TABLE IF NOT EXISTS control (
     pinned_version INTEGER,
     hold INTEGER NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    replica TEXT PRIMARY KEY,
+    served_version INTEGER NOT NULL,
+    seen_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS learner_status (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -584,19 +593,6 @@ class SQLiteStore(Store):
         return decode_rows(rows, self.spec)
 
     @_store_errors
-    def read_latest(self, limit: int) -> LogRows:
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS} FROM transitions "
-                "ORDER BY position DESC LIMIT ?) AS newest ORDER BY position",
-                (int(limit),),
-            )
-            .fetchall()
-        )
-        return decode_rows(rows, self.spec)
-
-    @_store_errors
     def steps_at(self, times: Sequence[float]) -> list[int]:
         received = np.asarray(
             [r[0] for r in self._conn().execute("SELECT received_at FROM transitions")], float
@@ -745,6 +741,46 @@ class SQLiteStore(Store):
     def policy_bytes(self, record: PolicyRecord) -> bytes:
         assert record.path is not None
         return Path(record.path).read_bytes()
+
+    @_store_errors
+    def delete_policies(self, versions: Sequence[int]) -> None:
+        doomed = [int(v) for v in versions]
+        if not doomed:
+            return
+        rows = []
+        with self._write() as c:
+            for start in range(0, len(doomed), 500):
+                chunk = doomed[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += c.execute(
+                    f"SELECT path FROM policies WHERE version IN ({marks})", chunk
+                ).fetchall()
+                c.execute(f"DELETE FROM policies WHERE version IN ({marks})", chunk)
+        # The rows go first: a file without a row is harmless, a row without its file is not.
+        for (name,) in rows:
+            (self.policy_dir / name).unlink(missing_ok=True)
+
+    @_store_errors
+    def report_served(self, replica: str, version: int) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO replicas (replica, served_version, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (replica) DO UPDATE SET served_version = excluded.served_version, "
+                "seen_at = excluded.seen_at",
+                (replica, int(version), time.time()),
+            )
+
+    @_store_errors
+    def served_versions(self, within_s: float) -> dict[str, int]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT replica, served_version FROM replicas WHERE seen_at >= ?",
+                (time.time() - within_s,),
+            )
+            .fetchall()
+        )
+        return {str(r): int(v) for r, v in rows}
 
     # --- control state and learner status ---------------------------------------------------
     @_store_errors

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from robot_sac import __version__
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.devices import resolve_device
 from robot_sac.schemas import ActBatchRequest, ActRequest, TaskSpec, TransitionsRequest
 from robot_sac.services.inference.batcher import MicroBatcher
@@ -135,7 +136,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="log-writer")
         tasks: list[asyncio.Task[None]] = []
         try:
-            await _patiently(st.ensure_initial_policy)
+            await _patiently(lambda: ensure_initial_policy(st))
             await _patiently(serving.sync)
             if serving.served is None:
                 raise RuntimeError(

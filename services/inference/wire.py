@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from robot_sac.schemas import FLOAT32_MAX, ActBatchRequest, ActRequest, TransitionsRequest
-from robot_sac.store.base import TransitionLike
+from robot_sac.store.records import TransitionLike
 
 # Refused bodies up to this size get pydantic's full answer (at most ~1.5 ms of its time).
 EXACT_ERRORS_MAX_BYTES = 16 * 2**10

@@ -21,7 +21,7 @@ from robot_sac.services.inference.wire import (
     read_transitions,
 )
 from robot_sac.store import StoreError, TransitionConflict
-from robot_sac.store.base import TransitionLike
+from robot_sac.store.records import TransitionLike
 
 router = APIRouter(prefix="/v1", tags=["transitions"])
 TRANSITIONS = "/v1/transitions"

@@ -1,0 +1,123 @@
+"""The store's records and errors: what crosses the store interface, typed.
+
+Kept apart from the interface (:mod:`robot_sac.store.base`) and the row codec
+(:mod:`robot_sac.store.codec`) so the service and the wire schemas can name them without
+importing either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (wrong task for this data, unknown version, ...)."""
+
+
+class StoreBusy(StoreError):
+    """The store stayed locked (by another process or by this one's other writes) for longer
+    than the store was told to wait: the call may succeed if retried later."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database failed the call (disk I/O error, a file it cannot open, a missing
+    table, ...): not something the caller got wrong."""
+
+
+TransitionKey = tuple[str, str, int]
+
+
+class TransitionConflict(ValueError):
+    """A transition reuses a stored key, ``(robot_id, episode_id, step)``, with other content
+    (or a batch holds one key twice with different content); the whole batch is refused.
+
+    ``key`` is the transition's key and ``field`` the first field found to differ.
+    """
+
+    def __init__(self, key: TransitionKey, field: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.field = field
+
+
+class TransitionLike(Protocol):
+    """Anything with the fields of :class:`robot_sac.schemas.Transition`.
+
+    A vector may also be ``bytes``: its values as little-endian float32, as the log stores them.
+    """
+
+    robot_id: str
+    episode_id: str
+    step: int
+    obs: Sequence[float] | bytes
+    action: Sequence[float] | bytes
+    reward: float
+    next_obs: Sequence[float] | bytes
+    terminated: bool
+    truncated: bool
+    policy_version: int | None
+
+
+class LogRows(NamedTuple):
+    """Rows of the transition log, oldest first, as arrays (``N`` rows).
+
+    ``policy_version`` is -1 where the robot did not say which version acted.
+    """
+
+    position: np.ndarray  # (N,) int64, strictly increasing
+    obs: np.ndarray  # (N, obs_dim) float32
+    action: np.ndarray  # (N, action_dim) float32, robot units
+    reward: np.ndarray  # (N,) float32
+    next_obs: np.ndarray  # (N, obs_dim) float32
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    policy_version: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.position.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRecord:
+    """A registered version: its number, provenance and where its bytes are."""
+
+    version: int
+    created_at: str
+    updates: int
+    sha256: str
+    registered_at: float
+    metadata: dict[str, str]
+    path: str | None = None  # the file, for stores that keep bytes on disk
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "created_at": self.created_at,
+            "updates": self.updates,
+            "sha256": self.sha256,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlState:
+    """What operators decide: whether the learner runs, which version is served, the hold."""
+
+    learner_paused: bool = False
+    mode: str = "follow"  # "follow": serve the newest version; "pinned": serve pinned_version
+    pinned_version: int | None = None
+    hold: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionEpisodes:
+    """Episode returns of the episodes one version drove (most of their steps)."""
+
+    version: int
+    episodes: int
+    mean_return: float | None
+    recent_returns: tuple[float, ...]
+    success_rate: float | None = None  # when the task defines success (TaskSpec.success_threshold)
