@@ -26,3 +26,12 @@ def secured_service(tmp_path: Path) -> Iterator[ThreadService]:
     )
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_store_test_databases() -> Iterator[None]:
+    """Drop the PostgreSQL databases the store tests created, once the session ends."""
+    yield
+    from tests.store_backends import drop_test_databases
+
+    drop_test_databases()

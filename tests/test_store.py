@@ -38,6 +38,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robot_sac.bootstrap as bootstrap
+import robot_sac.store.postgres as store_postgres
 import robot_sac.store.sqlite as store_sqlite
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
@@ -50,10 +51,12 @@ from robot_sac.store import (
     PolicyRecord,
     Store,
     StoreError,
+    StoreUnavailable,
     TransitionConflict,
     VersionEpisodes,
     open_store,
 )
+from tests.store_backends import BACKENDS, open_backend
 
 SPEC = TaskSpec(
     name="store-test",
@@ -64,17 +67,6 @@ SPEC = TaskSpec(
 )
 
 # --- backends -------------------------------------------------------------------------------------
-
-BACKENDS = ["sqlite"]
-
-
-def open_backend(backend: str, spec: TaskSpec, where: Path) -> Store:
-    """Open the ``backend`` store at ``where``: a new path is a new, empty store, the same path
-    reopens the same store (a PostgreSQL backend maps the path to its own database or schema)."""
-    if backend == "sqlite":
-        return open_store(spec, where)
-    raise AssertionError(f"no such backend in this test file: {backend}")
-
 
 MakeStore = Callable[..., Store]
 
@@ -174,18 +166,23 @@ def make_policy_bytes(
     return data, actor
 
 
-def fail_next_write(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Make the store's next policy file write fail (a crash or full disk); later ones work."""
-    failed: list[Path] = []
-    real = store_sqlite.write_atomic
+def fail_next_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the store's next registration fail once its number is reserved (a crash, a full
+    disk, the database gone); later ones work. Returns the numbers whose writing failed."""
+    failed: list[int] = []
+    calls = itertools.count()
 
-    def write_atomic(path: str | Path, data: bytes) -> str:
-        if not failed:
-            failed.append(Path(path))
-            raise OSError(28, "No space left on device (simulated)")
-        return real(path, data)
+    for module in (store_sqlite, store_postgres):
+        real = module.with_version
 
-    monkeypatch.setattr(store_sqlite, "write_atomic", write_atomic)
+        # A registration calls it twice: to check the file, then with its reserved number.
+        def with_version(data: bytes, version: int, real: Any = real) -> bytes:
+            if next(calls) == 1:
+                failed.append(version)
+                raise OSError(28, "No space left on device (simulated)")
+            return real(data, version)
+
+        monkeypatch.setattr(module, "with_version", with_version)
     return failed
 
 
@@ -795,7 +792,7 @@ def test_a_number_reserved_by_a_failed_registration_is_never_reused(
     failed = fail_next_write(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
         store.register_policy(make_policy_bytes(seed=5)[0])
-    assert failed, "the file write was not attempted"
+    assert failed == [1], "the number was not reserved before the failure"
     assert store.get_policy(1) is None
     assert [r.version for r in store.list_policies()] == [0]
     after = store.register_policy(make_policy_bytes(seed=6)[0])
@@ -1156,10 +1153,16 @@ def test_sqlite_append_waits_for_another_writer_instead_of_failing(tmp_path: Pat
 # --- 10. open_store URLs --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["postgresql://user@db/robots", "postgres://db/robots"])
-def test_open_store_with_a_postgres_url_is_refused_for_now(tmp_path: Path, url: str) -> None:
-    with pytest.raises(StoreError, match="PostgreSQL"):
-        open_store(SPEC, tmp_path / "data", url=url)
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_open_store_with_a_postgres_url_that_does_not_answer_is_unavailable(
+    tmp_path: Path, scheme: str
+) -> None:
+    url = f"{scheme}://robot:s3cret@127.0.0.1:9/robots"  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as refused:
+        open_store(SPEC, tmp_path / "data", url=url, busy_timeout_s=1.0)
+    assert time.monotonic() - started < 10
+    assert "127.0.0.1:9/robots" in str(refused.value) and "s3cret" not in str(refused.value)
 
 
 def test_open_store_with_an_unknown_url_scheme_is_refused(tmp_path: Path) -> None:

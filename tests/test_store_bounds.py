@@ -1,7 +1,7 @@
 """The task's value bounds (``TaskSpec.obs_bound``, ``reward_bound``) refuse transitions at ingest.
 
 Both body forms reach the store: vectors as lists of floats (a JSON body) and as float32 bytes (a
-MessagePack body); a mixture takes the store's numpy path. Real SQLite files, no mocks.
+MessagePack body); a mixture takes the store's numpy path. On both backends, no mocks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robot_sac.store import Store, open_store
+from robot_sac.store import Store
+from tests.store_backends import BACKENDS, open_backend
 from tests.test_store import SPEC, Step, all_rows, as_bytes, step
 
 BOUNDED = SPEC.model_copy(update={"obs_bound": 100.0, "reward_bound": 1000.0})
@@ -26,9 +27,14 @@ FORMS: dict[str, Callable[[list[Step]], list[Any]]] = {
 }
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def bounded(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(BOUNDED, tmp_path / "data")
+def bounded(backend: str, tmp_path: Path) -> Iterator[Store]:
+    store = open_backend(backend, BOUNDED, tmp_path / "data")
     yield store
     store.close()
 
@@ -84,20 +90,24 @@ def test_the_first_transition_beyond_a_bound_is_named(bounded: Store) -> None:
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_without_bounds_any_finite_float32_is_accepted(tmp_path: Path, form: str) -> None:
+def test_without_bounds_any_finite_float32_is_accepted(
+    backend: str, tmp_path: Path, form: str
+) -> None:
     assert SPEC.obs_bound is None and SPEC.reward_bound is None
-    with open_store(SPEC, tmp_path / "data") as store:
+    with open_backend(backend, SPEC, tmp_path / "data") as store:
         big = step(0, obs=[3.4e38, -3.4e38, 1e30], next_obs=[0.0, 0.0, -1e30], reward=3.4e38)
         assert store.append(FORMS[form]([big, step(1)])) == (2, 0)
         assert np.isfinite(all_rows(store).obs).all()
 
 
-def test_bounds_only_refuse_new_data_a_reopened_store_keeps_its_rows(tmp_path: Path) -> None:
+def test_bounds_only_refuse_new_data_a_reopened_store_keeps_its_rows(
+    backend: str, tmp_path: Path
+) -> None:
     # Bounds are part of the task file, not of the log: a store written without them opens with
     # them, keeps what it has, and refuses new values beyond them.
-    with open_store(SPEC, tmp_path / "data") as store:
+    with open_backend(backend, SPEC, tmp_path / "data") as store:
         store.append([step(0, reward=5_000.0)])
-    with open_store(BOUNDED, tmp_path / "data") as store:
+    with open_backend(backend, BOUNDED, tmp_path / "data") as store:
         assert store.transition_count() == 1
         with pytest.raises(ValueError, match="reward_bound"):
             store.append([step(1, reward=5_000.0)])

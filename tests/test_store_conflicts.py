@@ -20,14 +20,13 @@ import pytest
 
 from robot_sac.store import Store, TransitionConflict, open_store
 from robot_sac.store.sqlite import SQLiteStore
+from tests.store_backends import BACKENDS, open_backend
 from tests.test_store import (
-    BACKENDS,
     SPEC,
     MakeStore,
     all_rows,
     as_bytes,
     bits,
-    open_backend,
     step,
     tags,
 )

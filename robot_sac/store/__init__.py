@@ -69,7 +69,13 @@ def open_store(
     :class:`StoreBusy` (a service answering robots passes a few seconds).
     """
     if url and url.startswith(("postgresql://", "postgres://")):
-        raise StoreError("the PostgreSQL backend is not available in this version; use SQLite")
+        try:
+            from robot_sac.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"a PostgreSQL store needs psycopg: pip install 'robot-sac[postgres]' ({exc})"
+            ) from exc
+        return PostgresStore(url, spec, busy_timeout_s)
     if url:
         raise StoreError(
             f"unsupported store URL {url!r}: use postgresql://..., or leave it unset for SQLite "

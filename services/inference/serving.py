@@ -2,10 +2,11 @@
 
 The served policy is one reference, swapped whole: a batch captures it once, so requests in
 flight finish on the version they started with and every answer names the version that computed
-it. A watcher polls the registry and the control state; a new version is loaded and validated off
-the event loop (the file's own checks, then the task's sizes and bounds) before the swap. A
-version that fails a check is refused, logged with the reason, counted, and never tried again; one
-whose bytes could not be read (the store or the disk away for a moment) is tried again later.
+it. A watcher polls the registry and the control state (a store that announces changes, such as
+PostgreSQL, wakes it at once); a new version is loaded and validated off the event loop (the
+file's own checks, then the task's sizes and bounds) before the swap. A version that fails a check
+is refused, logged with the reason, counted, and never tried again; one whose bytes could not be
+read (the store or the disk away for a moment) is tried again later.
 
 The hold is memory first: pressing it holds every act answered from then on, whatever the store
 is doing, and a background task then persists it, retrying until the store takes it (other
@@ -306,7 +307,17 @@ class ServingState:
             except Exception as exc:
                 log.exception("policy watcher: sync failed; retrying")
                 self.store_health.failed(exc)
+            await self._next_change()
+
+    async def _next_change(self) -> None:
+        """Wait for the next poll, or sooner for a store that announces changes."""
+        if not self.store.announces_changes:
             await asyncio.sleep(self.poll_s)
+            return
+        # The wait blocks a worker thread; on shutdown it is abandoned, not waited for.
+        await anyio.to_thread.run_sync(
+            self.store.wait_for_change, self.poll_s, abandon_on_cancel=True
+        )
 
     def close(self) -> None:
         if self._persisting is not None:

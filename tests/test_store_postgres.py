@@ -1,0 +1,167 @@
+"""What only the PostgreSQL store has to prove: a tail that never skips a row when transactions
+commit out of order, announcements that reach other processes at once, its schema table, and
+connections that come back by themselves. The rest of its behaviour is the shared store suite
+(tests/test_store*.py, parametrised over both backends). On the machine's real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from robot_sac.store import StoreError, open_store
+from robot_sac.store.postgres import PostgresStore
+from tests.store_backends import PG_ADMIN, pg_database_for
+from tests.test_store import SPEC, all_rows, make_policy_bytes, step, tags
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return pg_database_for(tmp_path / "data")
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[PostgresStore]:
+    opened = open_store(SPEC, url=url, busy_timeout_s=5.0)
+    assert isinstance(opened, PostgresStore)
+    yield opened
+    opened.close()
+
+
+def test_a_transaction_that_commits_after_a_later_one_is_still_read_in_order(
+    store: PostgresStore, url: str
+) -> None:
+    # T1 (robot "a") starts first and is held open by a lock an outside session keeps on its
+    # episode's tally row; T2 (robot "b") starts later and commits first. A reader that took
+    # positions as they became visible would pass T2's and never see T1's.
+    store.append([step(0, robot="a", tag=0.0)])  # creates the tally row T1 will wait on
+    cursor = int(store.read_after(0, 10).position[-1])
+    blocker = psycopg.connect(url)
+    blocker.execute("SELECT * FROM episode_tallies WHERE robot_id = 'a' FOR UPDATE")
+    first = threading.Thread(target=store.append, args=([step(1, robot="a", tag=1.0)],))
+    first.start()
+    with psycopg.connect(url, autocommit=True) as probe:
+        deadline = time.monotonic() + 10
+        while probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone() != (1,):
+            assert time.monotonic() < deadline, "T1 never reached the lock"
+            time.sleep(0.01)
+        assert store.append([step(0, robot="b", tag=2.0)]) == (1, 0)  # T2 commits
+        (visible,) = probe.execute("SELECT count(*) FROM transitions").fetchone()  # type: ignore[misc]
+        assert visible == 2  # T2's row is committed and visible to anyone...
+        assert len(store.read_after(cursor, 10)) == 0  # ...but the tail does not pass T1
+        blocker.commit()  # T1 goes on and commits
+        first.join(10)
+    blocker.close()
+    rows = store.read_after(cursor, 10)
+    assert tags(rows) == [1.0, 2.0]  # both, T1's first: nothing skipped
+    assert tags(all_rows(store)) == [0.0, 1.0, 2.0]
+
+
+def test_an_open_transaction_in_another_database_does_not_hold_the_tail_back(
+    store: PostgresStore,
+) -> None:
+    with psycopg.connect(PG_ADMIN) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # a write transaction, left open
+        store.append([step(0, tag=5.0)])
+        assert tags(store.read_after(0, 10)) == [5.0]
+        elsewhere.rollback()
+
+
+def test_many_concurrent_writers_are_tailed_without_a_gap_or_a_repeat(
+    store: PostgresStore,
+) -> None:
+    stop = threading.Event()
+    seen: list[float] = []
+
+    def tail() -> None:
+        position = 0
+        while True:
+            done = stop.is_set()
+            rows = store.read_after(position, 1000)
+            if len(rows):
+                seen.extend(tags(rows))
+                position = int(rows.position[-1])
+            elif done:
+                return
+
+    def write(thread: int) -> None:
+        for b in range(20):
+            store.append(
+                [
+                    step(i, robot=f"w{thread}", episode=f"e{b}", tag=thread * 1000 + b * 10 + i)
+                    for i in range(5)
+                ]
+            )
+
+    reader = threading.Thread(target=tail)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(t,)) for t in range(6)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    stop.set()
+    reader.join(30)
+    expected = {t * 1000 + b * 10 + i for t in range(6) for b in range(20) for i in range(5)}
+    assert len(seen) == len(expected) and set(seen) == expected
+
+
+def test_a_new_version_and_a_control_change_are_announced_to_another_store(
+    store: PostgresStore, url: str
+) -> None:
+    other = open_store(SPEC, url=url)
+    try:
+        store.wait_for_change(0.01)  # the first call opens the listener (and says "changed")
+        assert store.wait_for_change(0.2) is False  # nothing announced: it waits out the time
+        for change in (
+            lambda: other.update_control(hold=True),
+            lambda: other.register_policy(make_policy_bytes()[0]),
+        ):
+            heard: list[float] = []
+
+            def wait(heard: list[float] = heard) -> None:
+                if store.wait_for_change(5):
+                    heard.append(time.monotonic())
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            time.sleep(0.1)
+            sent = time.monotonic()
+            change()
+            waiter.join(5)
+            assert heard and heard[0] - sent < 0.5
+    finally:
+        other.close()
+
+
+def test_the_schema_version_is_recorded_and_a_newer_one_is_refused(
+    store: PostgresStore, url: str
+) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        conn.execute("UPDATE schema_version SET version = 2")
+    with pytest.raises(StoreError, match="schema 2"):
+        open_store(SPEC, url=url)
+
+
+def test_connections_cut_by_the_server_are_replaced_without_losing_a_call(
+    store: PostgresStore, url: str
+) -> None:
+    store.append([step(0, tag=0.0)])
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'robot_sac'"
+        ).fetchall()
+    assert killed  # the pool's connections were there, and are gone now
+    assert store.append([step(1, tag=1.0)]) == (1, 0)
+    assert store.transition_count() == 2
+    assert tags(all_rows(store)) == [0.0, 1.0]
