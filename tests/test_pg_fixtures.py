@@ -54,7 +54,8 @@ def test_pg_url_another_test_gets_another_database(pg_url: str):
 
 
 def test_pg_url_databases_are_dropped_after_their_tests():
-    assert len(SEEN) == 2, "run the whole module: the two tests above record their databases"
+    if len(SEEN) != 2:  # only in a partial run (-k): a whole run always has both
+        pytest.skip("needs the two tests above, which record their databases")
     assert SEEN[0] != SEEN[1]
     for name in SEEN:
         assert not database_exists(name)
