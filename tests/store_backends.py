@@ -10,9 +10,10 @@ import psycopg
 
 from robot_sac.schemas import TaskSpec
 from robot_sac.store import Store, open_store
+from tests.pg import admin_url, pg_server_available, with_database
 
 BACKENDS = ["sqlite", "postgres"]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_ADMIN = admin_url()
 PG_PREFIX = "rs_store_"
 
 
@@ -27,10 +28,12 @@ def pg_database_for(where: Path) -> str:
             pass
         except psycopg.errors.UniqueViolation:  # two processes creating it at once
             pass
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return with_database(PG_ADMIN, name)
 
 
 def drop_test_databases() -> None:
+    if not pg_server_available(PG_ADMIN):
+        return  # nothing was created on a server that is not there
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         names = admin.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (PG_PREFIX + "%",)
