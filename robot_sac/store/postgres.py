@@ -388,7 +388,7 @@ class PostgresStore(Store):
                 try:
                     if not write:
                         return work(conn)
-                    with conn.transaction():
+                    with conn.pipeline(), conn.transaction():
                         return work(conn)
                 except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                     attempt += 1
