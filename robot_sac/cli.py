@@ -721,8 +721,14 @@ def plot(
     out: Annotated[
         Path | None, typer.Option(help="PNG to write (default: DATA_DIR/learning_curve.png).")
     ] = None,
+    store_url: StoreUrlOption = None,
 ) -> None:
-    """Plot episode return (and success) against environment steps, one point per version."""
+    """Plot episode return (and success) against environment steps, one point per version.
+
+    It reads the SQLite store in DATA_DIR, or the PostgreSQL store of a fleet (--store-url).
+    """
+    import os
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -730,10 +736,12 @@ def plot(
 
     from robot_sac.store import StoreError, open_existing
 
+    url = store_url or os.environ.get("ROBOT_SAC_STORE_URL") or None
     try:
-        store = open_existing(data_dir)
+        store = open_existing(data_dir, url)
     except StoreError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data-dir") from exc
+        hint = "--store-url" if url else "--data-dir"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
     try:
         episodes = {e.version: e for e in store.episodes_by_version(recent=0)}
         records = [r for r in store.list_policies() if r.version in episodes]
@@ -743,7 +751,8 @@ def plot(
         store.close()
     if not records:
         raise typer.BadParameter(
-            f"{data_dir} holds no finished episodes yet", param_hint="--data-dir"
+            f"{'the store' if url else data_dir} holds no finished episodes yet",
+            param_hint="--store-url" if url else "--data-dir",
         )
     has_success = any(episodes[r.version].success_rate is not None for r in records)
     fig, axes = plt.subplots(

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from robot_sac.store import StoreError, open_store
+from robot_sac.bootstrap import ensure_initial_policy
+from robot_sac.store import StoreError, open_existing, open_store
 from robot_sac.store.postgres import PostgresStore
 from tests.store_backends import PG_ADMIN, pg_database_for
 from tests.test_store import SPEC, all_rows, make_policy_bytes, step, tags
@@ -165,3 +166,23 @@ def test_connections_cut_by_the_server_are_replaced_without_losing_a_call(
     assert store.append([step(1, tag=1.0)]) == (1, 0)
     assert store.transition_count() == 2
     assert tags(all_rows(store)) == [0.0, 1.0]
+
+
+def test_plot_reads_a_fleets_store_by_its_url(
+    store: PostgresStore, url: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from robot_sac.cli import app
+
+    ensure_initial_policy(store)
+    store.append([step(i, version=0, reward=1.0, terminated=i == 2) for i in range(3)])
+    opened = open_existing(url=url)
+    try:
+        assert opened.spec == SPEC and opened.transition_count() == 3
+    finally:
+        opened.close()
+    out = tmp_path / "curve.png"
+    result = CliRunner().invoke(app, ["plot", "--store-url", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

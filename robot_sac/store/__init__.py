@@ -36,8 +36,17 @@ __all__ = [
 ]
 
 
-def open_existing(data_dir: str | Path = "data", busy_timeout_s: float = 30.0) -> Store:
-    """Open the SQLite store in ``data_dir`` with the task it was last opened for (tools, plots)."""
+def open_existing(
+    data_dir: str | Path = "data", url: str | None = None, busy_timeout_s: float = 30.0
+) -> Store:
+    """Open an existing store with the task it was last opened for (tools, plots): the SQLite
+    store in ``data_dir``, or the PostgreSQL database at ``url``."""
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise StoreError(f"unsupported store URL {url!r}: use postgresql://...")
+        from robot_sac.store.postgres import PostgresStore, stored_task
+
+        return PostgresStore(url, stored_task(url, busy_timeout_s), busy_timeout_s)
     import sqlite3
     from contextlib import closing
 

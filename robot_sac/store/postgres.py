@@ -804,6 +804,23 @@ class PostgresStore(Store):
             self._drop_listener()
 
 
+def stored_task(url: str, busy_timeout_s: float = 30.0) -> TaskSpec:
+    """The task the PostgreSQL store at ``url`` was last opened for."""
+    where = redacted(url)
+    try:
+        with psycopg.connect(
+            url, autocommit=True, connect_timeout=max(1, round(min(busy_timeout_s, 10.0)))
+        ) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'task_spec'").fetchone()
+    except pg_errors.UndefinedTable as exc:
+        raise StoreError(f"{where} holds no robot_sac store") from exc
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"the store {where} is unavailable: {_first_line(exc)}") from exc
+    if row is None:
+        raise StoreError(f"{where} does not record its task")
+    return TaskSpec.model_validate_json(row[0])
+
+
 def _tally(conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
     """Add the rows just stored to their episodes' tallies, then refresh the ``episodes`` row of
     every ended episode among them (work in proportion to the batch, not to the log)."""
