@@ -281,6 +281,20 @@ def learn(
         typer.Option(help="Torch CPU threads (ROBOT_SAC_LEARNER_THREADS; 0: all cores but one)."),
     ] = None,
     publish_every: Annotated[int | None, typer.Option(help="Publish every N updates.")] = None,
+    keep_versions: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep the newest N versions, delete older ones (ROBOT_SAC_KEEP_VERSIONS; "
+            "default 20)."
+        ),
+    ] = None,
+    keep_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Also keep every version whose number is a multiple of K (ROBOT_SAC_KEEP_EVERY; "
+            "default 100; 0: none). Pinned and served versions are always kept."
+        ),
+    ] = None,
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
     log_level: LogLevelOption = "info",
@@ -305,6 +319,8 @@ def learn(
         device=device,
         learner_threads=threads,
         publish_every=publish_every,
+        keep_versions=keep_versions,
+        keep_every=keep_every,
     )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
