@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -113,9 +114,10 @@ class ServingState:
         self.spec, self.store, self.device, self.metrics = spec, store, device, metrics
         self.poll_s = poll_s
         self.replica_id = replica_id or default_replica_id()
-        # The version last reported to the store, and when the next report is due (monotonic).
+        # The version last reported to the store, when the last report was tried (monotonic),
+        # and whether it failed.
         self._reported: int | None = None
-        self._report_due = 0.0
+        self._report_tried = -math.inf
         self._report_failing = False
         self._report_lock = asyncio.Lock()  # reports land in the order of the swaps
         self.served: Served | None = None
@@ -352,13 +354,14 @@ class ServingState:
             if served is None:
                 return
             version = served.version
-            now = time.monotonic()
-            if now < self._report_due and (version == self._reported or self._report_failing):
+            period = REPORT_RETRY_S if self._report_failing else REPORT_SERVED_S
+            recent = time.monotonic() - self._report_tried < period
+            if recent and (version == self._reported or self._report_failing):
                 return
+            self._report_tried = time.monotonic()
             try:
                 await anyio.to_thread.run_sync(self.store.report_served, self.replica_id, version)
             except Exception as exc:  # a StoreError, or a bug: serving goes on either way
-                self._report_due = time.monotonic() + REPORT_RETRY_S
                 if not isinstance(exc, StoreError):
                     log.exception("reporting the served version failed")
                 elif not self._report_failing:
@@ -374,7 +377,6 @@ class ServingState:
             if self._report_failing:
                 log.info("reported serving version %d to the store again", version)
             self._reported, self._report_failing = version, False
-            self._report_due = time.monotonic() + REPORT_SERVED_S
 
     def close(self) -> None:
         if self._persisting is not None:
