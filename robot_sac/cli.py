@@ -786,6 +786,12 @@ def plot(
     target = out or data_dir / "learning_curve.png"
     fig.savefig(target, dpi=120)
     typer.echo(f"wrote {target} ({len(records)} versions)")
+    pruned = len(set(episodes) - {r.version for r in records})
+    if pruned:
+        typer.echo(
+            f"{pruned} versions that drove episodes were deleted by retention and are not "
+            "plotted (ROBOT_SAC_KEEP_VERSIONS, ROBOT_SAC_KEEP_EVERY keep more)"
+        )
 
 
 def main() -> None:
