@@ -341,6 +341,8 @@ class LearnerProc(Child):
             **os.environ,
             "ROBOT_SAC_CHECKPOINT_EVERY": str(checkpoint_every),
             "ROBOT_SAC_LEARNER_THREADS": str(threads),
+            # the versions published are counted from the registry: retention must keep them
+            "ROBOT_SAC_KEEP_VERSIONS": str(10**9),
         }
         self.data_dir = data_dir
         self.publish_every = publish_every

@@ -80,7 +80,9 @@ def run_ours(
     data = work / f"ours-{seed}"
     cmd = up_command(ENV, 2, steps, data, seed=seed * 10)
     start = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # Every version is scored below: keep them all (retention would delete most of them).
+    env = {**os.environ, "ROBOT_SAC_KEEP_VERSIONS": str(10**9)}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.time() - start
     if done.returncode != 0:
         raise RuntimeError(f"robot-sac up failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

@@ -281,6 +281,20 @@ def learn(
         typer.Option(help="Torch CPU threads (ROBOT_SAC_LEARNER_THREADS; 0: all cores but one)."),
     ] = None,
     publish_every: Annotated[int | None, typer.Option(help="Publish every N updates.")] = None,
+    keep_versions: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep the newest N versions, delete older ones (ROBOT_SAC_KEEP_VERSIONS; "
+            "default 20)."
+        ),
+    ] = None,
+    keep_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Also keep every version whose number is a multiple of K (ROBOT_SAC_KEEP_EVERY; "
+            "default 100; 0: none). Pinned and served versions are always kept."
+        ),
+    ] = None,
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
     log_level: LogLevelOption = "info",
@@ -305,6 +319,8 @@ def learn(
         device=device,
         learner_threads=threads,
         publish_every=publish_every,
+        keep_versions=keep_versions,
+        keep_every=keep_every,
     )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -779,6 +795,12 @@ def plot(
     target = out or data_dir / "learning_curve.png"
     fig.savefig(target, dpi=120)
     typer.echo(f"wrote {target} ({len(records)} versions)")
+    pruned = len(set(episodes) - {r.version for r in records})
+    if pruned:
+        typer.echo(
+            f"{pruned} versions that drove episodes were deleted by retention and are not "
+            "plotted (ROBOT_SAC_KEEP_VERSIONS, ROBOT_SAC_KEEP_EVERY keep more)"
+        )
 
 
 def main() -> None:

@@ -123,6 +123,19 @@ class Settings(BaseSettings):
         "torch's threads spin while they wait, so an oversubscribed core stalls everyone).",
     )
     cuda_graphs: bool = Field(default=True, description="Capture the update as a CUDA graph.")
+    # Version retention: after each publish the learner deletes what these do not keep.
+    keep_versions: int = Field(
+        default=20,
+        ge=1,
+        description="Retention: keep the newest N policy versions; an older one is deleted "
+        "unless keep_every, a pin or a replica serving it keeps it.",
+    )
+    keep_every: int = Field(
+        default=100,
+        ge=0,
+        description="Retention: also keep every version whose number is a multiple of K, a "
+        "sparse history (0: none).",
+    )
 
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:

@@ -1,20 +1,27 @@
-"""The learner process: consume the log, publish, survive kill -9, obey pause, stop cleanly."""
+"""The learner process: consume the log, publish, survive kill -9, obey pause, stop cleanly; and
+version retention: after each publish only the newest, the pinned and the served versions stay."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
+from robot_sac.policy import load_policy
 from robot_sac.schemas import TaskSpec, Transition
-from robot_sac.store import Store, open_store
+from robot_sac.services.learner import Learner
+from robot_sac.settings import Settings
+from robot_sac.store import Store, StoreUnavailable, open_store
 from tests.servers import LearnerProcess, start_thread_service, write_task
 
 # A small task so the tests are quick: 3 observations, 1 action in [-2, 2].
@@ -218,3 +225,68 @@ def test_sigterm_checkpoints_publishes_and_exits_0(setup):
     # what it learnt since its last version was published on the way out
     assert len(store.list_policies()) == versions_before + 1
     assert store.latest_policy().updates == 400  # type: ignore[union-attr]
+
+
+# --- version retention ----------------------------------------------------------------------------
+# In-process learners (as in test_learner_poison.py) against a real SQLite store: 600 transitions
+# after 200 learning starts make 400 updates, a version every 20: twenty publishes.
+
+
+def retaining_learner(data: Path, store: Store, **settings: Any) -> Learner:
+    cfg = Settings(data_dir=data, publish_every=20, keep_versions=3, keep_every=0, **settings)
+    learner = Learner(cfg, TASK, store, torch.device("cpu"), tensorboard=False)
+    learner.start()
+    return learner
+
+
+def test_the_learner_keeps_only_the_newest_versions_and_the_pinned_and_served_ones(setup):
+    data, _, store = setup
+    store.append(transitions(0, 600))
+    store.report_served("replica-1", 0)  # a replica serving version 0, as a service reports
+    learner = retaining_learner(data, store)
+    published: list[int] = []
+    pinned: set[int] = set()
+    while learner.sac.updates < 400:
+        learner.run(lambda: False, max_updates=learner.sac.updates + 20)
+        newest = store.latest_policy()
+        assert newest is not None
+        v = newest.version
+        published.append(v)
+        # after every publish: the newest 3, the served one and the pinned one, nothing more
+        expected = {max(0, v - 2), max(0, v - 1), v, 0} | pinned
+        assert [r.version for r in store.list_policies()] == sorted(expected)
+        if v == 5:
+            store.update_control(mode="pinned", pinned_version=5)  # an operator pins 5
+            pinned.add(5)
+    learner.close()
+    assert published == list(range(1, 21))  # twenty publishes, every one numbered anew
+    assert [r.version for r in store.list_policies()] == [0, 5, 18, 19, 20]
+    files = {p.name for p in (data / "policies").iterdir()}
+    assert files == {f"v{v}.safetensors" for v in (0, 5, 18, 19, 20)}
+    for record in store.list_policies():
+        load_policy(store.policy_bytes(record), sha256=record.sha256)
+
+
+def test_a_store_error_while_pruning_is_logged_and_learning_goes_on(
+    setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    data, _, store = setup
+    store.append(transitions(0, 600))
+    learner = retaining_learner(data, store)
+
+    def refuse(*args: Any, **kwargs: Any) -> list[int]:
+        raise StoreUnavailable("disk I/O error (simulated)")
+
+    monkeypatch.setattr(store, "prune_policies", refuse)
+    with caplog.at_level(logging.WARNING, logger="robot_sac.learner"):
+        learner.run(lambda: False, max_updates=200)
+    assert learner.sac.updates == 200 and learner.fault is None
+    assert [r.version for r in store.list_policies()] == list(range(11))  # none pruned
+    assert "could not delete old policy versions" in caplog.text
+    assert "simulated" in caplog.text
+    monkeypatch.undo()  # the store answers again: the next publish prunes the backlog
+    with caplog.at_level(logging.INFO, logger="robot_sac.learner"):
+        learner.run(lambda: False, max_updates=220)
+    learner.close()
+    assert [r.version for r in store.list_policies()] == [9, 10, 11]
+    assert "retention: deleted 9 policy versions (0 to 8)" in caplog.text

@@ -4,7 +4,8 @@
 2. the auth matrix: every route against no token, a wrong token, the robot and operator tokens;
 3. bad input: a 4xx with a ``detail`` sentence naming the field, never a 500, never a crash;
 4. policy uploads that fail a check are refused (422) and leave the registry and serving alone;
-5. malformed transitions never reach the store.
+5. malformed transitions never reach the store;
+6. version retention: the service reports what it serves, and a pruned version is 404.
 
 Some tests here first exposed bugs (a chunked body over the limit, numbers beyond 64 bits or
 float32 reaching the database, a stale control read undoing a hold); they now guard the fixes.
@@ -28,8 +29,11 @@ import pytest
 import safetensors.torch
 import torch
 
+import robot_sac.services.inference.serving as serving_module
 from robot_sac.networks import Actor
 from robot_sac.policy import load_policy, policy_bytes
+from robot_sac.store import Store, StoreUnavailable, open_store
+from robot_sac.store.base import SERVED_WITHIN_S
 from tests.servers import (
     CHEETAH,
     OPERATOR_TOKEN,
@@ -1162,3 +1166,128 @@ def test_pin_holds_while_the_watcher_reads_a_stale_control(service: ThreadServic
         versions.append(c.post("/v1/act", json={"obs": OBS}).json()["policy_version"])
         time.sleep(0.01)
     assert set(versions) == {0}, f"{versions.count(1)} of {len(versions)} acts used version 1"
+
+
+# --- 6. version retention -----------------------------------------------------------------------
+# The learner prunes through its own store on the same data; here a second store plays that part.
+
+
+def upload(c: httpx.Client, seed: int) -> int:
+    r = c.post("/v1/admin/policies", content=actor_bytes(seed=seed), headers=OCTET)
+    assert r.status_code == 200, r.text
+    return int(r.json()["version"])
+
+
+def wait_for_report(service: ThreadService, learner_store: Store, version: int) -> None:
+    replica = service.state.serving.replica_id
+    deadline = time.monotonic() + 5.0
+    while learner_store.served_versions(60.0).get(replica) != version:
+        assert time.monotonic() < deadline, learner_store.served_versions(60.0)
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def learner_store(service: ThreadService) -> Iterator[Store]:
+    store = open_store(CHEETAH, service.data_dir)
+    yield store
+    store.close()
+
+
+def test_weights_and_pin_of_a_pruned_version_are_404(
+    service: ThreadService, learner_store: Store
+) -> None:
+    c = service.client()
+    assert [upload(c, seed) for seed in range(1, 5)] == [1, 2, 3, 4]
+    wait_for_version(c, 4)
+    wait_for_report(service, learner_store, 4)  # the service says what it serves
+    pinned = c.post("/v1/admin/policy/pin", json={"version": 2})
+    assert pinned.status_code == 200, pinned.text
+    # reported before the pin answers, so retention cannot miss it
+    assert learner_store.served_versions(60.0) == {service.state.serving.replica_id: 2}
+
+    assert sorted(learner_store.prune_policies(1, 0)) == [0, 1, 3]  # 4 newest, 2 pinned
+    listed = c.get("/v1/admin/policies").json()["policies"]
+    assert [p["version"] for p in listed] == [2, 4]
+    for gone in (0, 1, 3):
+        assert_error(c.get("/v1/policy/weights", params={"version": gone}), 404, str(gone))
+    for kept in listed:
+        r = c.get("/v1/policy/weights", params={"version": kept["version"]})
+        assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == kept["sha256"]
+    assert_error(c.post("/v1/admin/policy/pin", json={"version": 3}), 404, "3")
+    status = c.get("/v1/admin/status").json()
+    assert (status["mode"], status["served_version"]) == (
+        "pinned",
+        2,
+    )  # the failed pin changed nothing
+    assert c.post("/v1/act", json={"obs": OBS}).json()["policy_version"] == 2
+
+    # Following again: 4 is served and reported, and the unpinned 2 goes at the next prune.
+    assert c.post("/v1/admin/policy/follow").json()["served_version"] == 4
+    wait_for_report(service, learner_store, 4)
+    assert learner_store.prune_policies(1, 0) == [2]
+    assert_error(c.get("/v1/policy/weights", params={"version": 2}), 404, "2")
+    assert_error(c.post("/v1/admin/policy/pin", json={"version": 2}), 404, "2")
+    r = c.get("/v1/policy/weights")  # the served version's
+    assert r.status_code == 200 and r.headers["X-Policy-Version"] == "4"
+    assert c.post("/v1/act", json={"obs": OBS}).json()["policy_version"] == 4
+
+
+def test_weights_of_a_version_deleted_during_the_request_are_404(
+    service: ThreadService, learner_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = service.client()
+    upload(c, 1)
+    wait_for_version(c, 1)
+    store = service.state.store
+    read = store.policy_bytes
+
+    def deleted_first(record: Any) -> bytes:  # retention strikes between look-up and read
+        learner_store.delete_policies([record.version])
+        return read(record)
+
+    monkeypatch.setattr(store, "policy_bytes", deleted_first)
+    assert_error(c.get("/v1/policy/weights", params={"version": 0}), 404, "0")
+    monkeypatch.undo()
+    assert c.get("/v1/policy/weights", params={"version": 1}).status_code == 200
+
+
+def test_serving_goes_on_when_reporting_the_served_version_fails(
+    service: ThreadService, learner_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = service.client()
+    wait_for_report(service, learner_store, 0)
+    store = service.state.store
+    monkeypatch.setattr(serving_module, "REPORT_RETRY_S", 0.1)
+    report = store.report_served
+    failures: list[int] = []
+
+    def refuse(replica: str, version: int) -> None:
+        failures.append(version)
+        raise StoreUnavailable("disk I/O error (simulated)")
+
+    monkeypatch.setattr(store, "report_served", refuse)
+    assert upload(c, 1) == 1
+    wait_for_version(c, 1)  # swapped all the same
+    assert c.post("/v1/act", json={"obs": OBS}).json()["policy_version"] == 1
+    assert c.get("/readyz").status_code == 200
+    deadline = time.monotonic() + 5.0
+    while len(failures) < 3:  # tried again, not once a poll (0.05 s) nor given up
+        assert time.monotonic() < deadline, failures
+        time.sleep(0.02)
+    assert set(failures) == {1}
+    assert learner_store.served_versions(60.0) == {service.state.serving.replica_id: 0}
+    monkeypatch.setattr(store, "report_served", report)  # the store takes reports again
+    wait_for_report(service, learner_store, 1)
+
+
+def test_the_served_version_is_reported_again_periodically(
+    service: ThreadService, learner_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert serving_module.REPORT_SERVED_S * 10 <= SERVED_WITHIN_S  # many periods per window
+    wait_for_report(service, learner_store, 0)
+    replica = service.state.serving.replica_id
+    monkeypatch.setattr(serving_module, "REPORT_SERVED_S", 0.2)
+    for _ in range(4):
+        time.sleep(0.5)
+        # a report within the last 0.5 s: the watcher reports without a swap
+        assert learner_store.served_versions(0.5) == {replica: 0}

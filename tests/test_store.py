@@ -6,9 +6,11 @@ inside a batch; plus a hypothesis property over random retried and reordered bat
 with other content refused as a conflict, refusal of bad input with the whole batch left out,
 episode returns and their crediting to versions, the registry (version 0, numbering that never
 reuses a number, not even after a failed write or a reopen, metadata rewritten to the registered
-number), control state and learner status persisting across reopen, refusal of a data directory
-made for another task, concurrent writers (threads and processes), two processes creating one
-version 0, and ``open_store`` URLs.
+number), version retention (the rule, with a hypothesis property; pruning keeps the newest, every
+Kth, the pinned and the served versions and deletes the rest; a deleted version's number is never
+given again), control state and learner status persisting across reopen, refusal of a data
+directory made for another task, concurrent writers (threads and processes), two processes
+creating one version 0, and ``open_store`` URLs.
 
 Every backend-agnostic test goes through the ``make_store`` fixture and the public ``Store``
 interface only, so a second backend joins by adding its name to ``BACKENDS`` and a branch to
@@ -55,6 +57,7 @@ from robot_sac.store import (
     TransitionConflict,
     VersionEpisodes,
     open_store,
+    versions_to_keep,
 )
 from tests.store_backends import BACKENDS, open_backend
 
@@ -1147,6 +1150,183 @@ def test_sqlite_append_waits_for_another_writer_instead_of_failing(tmp_path: Pat
         assert store.transition_count() == 1
     finally:
         other.close()
+        store.close()
+
+
+# --- 9b. version retention ------------------------------------------------------------------------
+# versions_to_keep is the rule; prune_policies applies it to a store (with the control state's pin
+# and the versions replicas report serving); delete_policies removes rows and bytes.
+
+
+def test_versions_to_keep_keeps_the_newest_n() -> None:
+    assert versions_to_keep(range(10), 3, 0) == {7, 8, 9}
+    assert versions_to_keep(range(10), 1, 0) == {9}
+
+
+def test_versions_to_keep_keeps_every_kth_number_and_zero_turns_it_off() -> None:
+    assert versions_to_keep(range(25), 1, 10) == {0, 10, 20, 24}
+    assert versions_to_keep(range(25), 2, 0) == {23, 24}
+    assert versions_to_keep(range(5), 1, 1) == {0, 1, 2, 3, 4}
+    # K counts version numbers, not positions: after gaps, 13 is not a tenth version
+    assert versions_to_keep([0, 10, 13, 20, 21], 2, 10) == {0, 10, 20, 21}
+    assert versions_to_keep([3, 7, 11, 12], 1, 10) == {12}  # no multiple of 10 left
+
+
+def test_versions_to_keep_keeps_the_pinned_and_served_ones_if_they_exist() -> None:
+    assert versions_to_keep(range(10), 2, 0, pinned=3) == {3, 8, 9}
+    assert versions_to_keep(range(10), 2, 0, served=[1, 5, 5]) == {1, 5, 8, 9}
+    assert versions_to_keep(range(10), 2, 5, pinned=1, served=[2]) == {0, 1, 2, 5, 8, 9}
+    # a pin or a report naming a version that is gone keeps nothing that is not there
+    assert versions_to_keep(range(10), 2, 0, pinned=42, served=[99, -1]) == {8, 9}
+
+
+def test_versions_to_keep_with_more_room_than_versions_keeps_them_all() -> None:
+    assert versions_to_keep([0, 1, 2], 20, 100) == {0, 1, 2}
+    assert versions_to_keep([], 20, 100, pinned=3, served=[4]) == set()
+
+
+def test_versions_to_keep_counts_duplicates_once_and_ignores_order() -> None:
+    assert versions_to_keep([3, 3, 5, 5, 7, 7], 2, 0) == {5, 7}
+    assert versions_to_keep([9, 1, 5, 1], 1, 0) == {9}
+    assert versions_to_keep(iter([4, 2, 6]), 2, 0) == {4, 6}  # any iterable, read once
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    versions=st.lists(st.integers(0, 300), max_size=60),
+    keep_newest=st.integers(1, 30),
+    keep_every=st.integers(0, 50),
+    pinned=st.none() | st.integers(0, 300),
+    served=st.lists(st.integers(0, 300), max_size=4),
+)
+def test_property_versions_to_keep_keeps_exactly_what_a_rule_names(
+    versions: list[int], keep_newest: int, keep_every: int, pinned: int | None, served: list[int]
+) -> None:
+    keep = versions_to_keep(versions, keep_newest, keep_every, pinned=pinned, served=served)
+    distinct = sorted(set(versions))
+    newest = set(distinct[max(0, len(distinct) - keep_newest) :])
+    for v in distinct:
+        named = (
+            v in newest or (keep_every > 0 and v % keep_every == 0) or v == pinned or v in served
+        )
+        assert (v in keep) == named, v
+    assert keep <= set(distinct)
+
+
+def register_versions(store: Store, n: int) -> list[PolicyRecord]:
+    """Version 0 and ``n - 1`` more: versions 0 to ``n - 1``."""
+    records = [ensure_initial_policy(store)]
+    for seed in range(1, n):
+        record = store.register_policy(make_policy_bytes(seed=seed)[0])
+        assert record is not None
+        records.append(record)
+    assert [r.version for r in records] == list(range(n))
+    return records
+
+
+def assert_loads_as_itself(store: Store, record: PolicyRecord) -> None:
+    policy = load_policy(store.policy_bytes(record), sha256=record.sha256)
+    assert policy.info.version == record.version
+
+
+def test_prune_deletes_exactly_what_retention_does_not_keep(store: Store) -> None:
+    records = register_versions(store, 25)
+    deleted = store.prune_policies(5, 10)
+    # newest 5: 20-24; every 10th: 0, 10, 20
+    assert sorted(deleted) == [*range(1, 10), *range(11, 20)]
+    kept = [0, 10, 20, 21, 22, 23, 24]
+    assert [r.version for r in store.list_policies()] == kept
+    for v in deleted:
+        assert store.get_policy(v) is None
+    for record in store.list_policies():
+        assert record == records[record.version]  # the kept records are unchanged
+        assert_loads_as_itself(store, record)
+    latest = store.latest_policy()
+    assert latest is not None and latest.version == 24
+    assert store.prune_policies(5, 10) == []  # nothing more to delete
+    assert [r.version for r in store.list_policies()] == kept
+
+
+def test_prune_keeps_the_pinned_version_only_while_pinned(store: Store) -> None:
+    register_versions(store, 12)
+    store.update_control(mode="pinned", pinned_version=3)
+    assert sorted(store.prune_policies(2, 0)) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [r.version for r in store.list_policies()] == [3, 10, 11]
+    pinned = store.get_policy(3)
+    assert pinned is not None
+    assert_loads_as_itself(store, pinned)
+    store.update_control(mode="follow", pinned_version=None)
+    assert store.prune_policies(2, 0) == [3]
+    assert [r.version for r in store.list_policies()] == [10, 11]
+
+
+def test_prune_keeps_versions_replicas_report_serving(store: Store) -> None:
+    register_versions(store, 12)
+    store.report_served("replica-a", 4)
+    store.report_served("replica-b", 6)
+    store.report_served("replica-c", 6)
+    assert store.served_versions(60.0) == {"replica-a": 4, "replica-b": 6, "replica-c": 6}
+    store.prune_policies(2, 0)
+    assert [r.version for r in store.list_policies()] == [4, 6, 10, 11]
+    # a replica that moved on no longer keeps what it served before
+    store.report_served("replica-a", 10)
+    assert store.served_versions(60.0)["replica-a"] == 10
+    assert store.prune_policies(2, 0) == [4]
+    assert [r.version for r in store.list_policies()] == [6, 10, 11]
+
+
+def test_prune_forgets_a_replica_that_stopped_reporting(store: Store) -> None:
+    register_versions(store, 12)
+    store.report_served("gone", 3)
+    time.sleep(1.2)
+    store.report_served("alive", 5)
+    # within 0.8 s: only the fresh report counts (generous for a slow machine: 1.2 s apart)
+    assert store.served_versions(0.8) == {"alive": 5}
+    assert store.served_versions(60.0) == {"gone": 3, "alive": 5}
+    assert sorted(store.prune_policies(2, 0, served_within_s=0.8)) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [r.version for r in store.list_policies()] == [5, 10, 11]
+
+
+def test_numbering_continues_after_deleting_the_newest_versions(make_store: MakeStore) -> None:
+    store = make_store()
+    register_versions(store, 6)
+    store.prune_policies(1, 0)
+    assert [r.version for r in store.list_policies()] == [5]
+    store.delete_policies([5])  # even the newest: its number is never given again
+    assert store.list_policies() == [] and store.latest_policy() is None
+    assert store.register_policy(make_policy_bytes(seed=9)[0], first=True) is None
+    record = store.register_policy(make_policy_bytes(seed=9)[0])
+    assert record is not None and record.version == 6
+    assert_loads_as_itself(store, record)
+    store.close()
+    reopened = make_store()
+    again = reopened.register_policy(make_policy_bytes(seed=10)[0])
+    assert again is not None and again.version == 7
+    assert [r.version for r in reopened.list_policies()] == [6, 7]
+
+
+def test_deleting_unknown_or_no_versions_changes_nothing(store: Store) -> None:
+    register_versions(store, 3)
+    store.delete_policies([])
+    store.delete_policies([7, 99])
+    assert [r.version for r in store.list_policies()] == [0, 1, 2]
+
+
+def test_sqlite_prune_removes_the_policy_files(tmp_path: Path) -> None:
+    # SQLite-specific: the bytes live in policies/v<N>.safetensors; pruned versions leave none.
+    store = open_store(SPEC, tmp_path / "data")
+    try:
+        register_versions(store, 25)
+        policies = tmp_path / "data" / "policies"
+        assert len(list(policies.iterdir())) == 25
+        store.report_served("replica", 7)
+        store.prune_policies(5, 10)
+        kept = [0, 7, 10, 20, 21, 22, 23, 24]
+        assert [r.version for r in store.list_policies()] == kept
+        assert sorted(p.name for p in policies.iterdir()) == sorted(
+            f"v{v}.safetensors" for v in kept
+        )
+    finally:
         store.close()
 
 

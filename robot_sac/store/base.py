@@ -24,6 +24,11 @@ from robot_sac.store.records import (
     VersionEpisodes,
 )
 
+# Retention keeps the versions replicas reported serving within this many seconds. A replica
+# reports every 30 s (robot_sac.services.inference.serving.REPORT_SERVED_S): a replica that
+# missed a few reports keeps its version, one gone for ten minutes no longer does.
+SERVED_WITHIN_S = 600.0
+
 
 class Store(abc.ABC):
     """The store interface. See the module docstring; backends implement the abstract methods."""
@@ -142,7 +147,7 @@ class Store(abc.ABC):
         """Delete these versions (their rows and bytes); their numbers are never reused."""
 
     def prune_policies(
-        self, keep_newest: int, keep_every: int, served_within_s: float = 600.0
+        self, keep_newest: int, keep_every: int, served_within_s: float = SERVED_WITHIN_S
     ) -> list[int]:
         """Delete the versions that :func:`versions_to_keep` does not keep; return them."""
         versions = [r.version for r in self.list_policies()]

@@ -13,6 +13,12 @@ is doing, and a background task then persists it, retrying until the store takes
 replicas and a restart learn of it from the store). Release, the unsafe direction, is written to
 the store first and takes effect only once it is there. Control writes go through one thread of
 their own, in order, never behind the transition log's writer threads.
+
+Each replica reports the version it serves to the store (:meth:`Store.report_served`): at once
+after a swap, and again every :data:`REPORT_SERVED_S` from the watcher. Version retention keeps
+every version reported within :data:`~robot_sac.store.base.SERVED_WITHIN_S`, so the learner never
+deletes a version some replica still answers with. A report that fails is logged and tried again
+shortly; it never holds up or fails serving.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +48,16 @@ log = logging.getLogger("robot_sac.service")
 READ_RETRY_S = 1.0
 # The background persistence of a hold retries this often while the store refuses it.
 PERSIST_RETRY_S = 0.5
+# How often a replica tells the store again which version it serves. Retention keeps what was
+# reported within SERVED_WITHIN_S (600 s): twenty periods, so a few failed reports lose nothing.
+REPORT_SERVED_S = 30.0
+# After a report failed, the next try comes this soon.
+REPORT_RETRY_S = 5.0
+
+
+def default_replica_id() -> str:
+    """This service process's name in the store's served-version reports: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class StoreHealth:
@@ -91,9 +110,17 @@ class ServingState:
         device: torch.device,
         metrics: ServiceMetrics,
         poll_s: float,
+        replica_id: str | None = None,
     ) -> None:
         self.spec, self.store, self.device, self.metrics = spec, store, device, metrics
         self.poll_s = poll_s
+        self.replica_id = replica_id or default_replica_id()
+        # The version last reported to the store, when the last report was tried (monotonic),
+        # and whether it failed.
+        self._reported: int | None = None
+        self._report_tried = -math.inf
+        self._report_failing = False
+        self._report_lock = asyncio.Lock()  # reports land in the order of the swaps
         self.served: Served | None = None
         self.control = ControlState()
         # What every act reads: True from the moment a hold arrives until a release is stored.
@@ -139,7 +166,14 @@ class ServingState:
 
         Returns ``(swapped, reason)``. A version whose bytes could not be read (``OSError``, a
         store error) is not refused: it is tried again once :data:`READ_RETRY_S` has passed.
+        After a swap the new version is reported to the store (see :meth:`report_served`).
         """
+        swapped, reason = await self._swap_to(version)
+        if swapped:
+            await self.report_served()
+        return swapped, reason
+
+    async def _swap_to(self, version: int) -> tuple[bool, str | None]:
         async with self._swap_lock:
             if self.served is not None and self.served.version == version:
                 return True, None
@@ -307,6 +341,7 @@ class ServingState:
             except Exception as exc:
                 log.exception("policy watcher: sync failed; retrying")
                 self.store_health.failed(exc)
+            await self.report_served()
             await self._next_change()
 
     async def _next_change(self) -> None:
@@ -318,6 +353,41 @@ class ServingState:
         await anyio.to_thread.run_sync(
             self.store.wait_for_change, self.poll_s, abandon_on_cancel=True
         )
+
+    async def report_served(self) -> None:
+        """Tell the store which version this replica serves, if it changed since the last report
+        or :data:`REPORT_SERVED_S` has passed (after a failure: :data:`REPORT_RETRY_S`).
+
+        The write runs off the event loop; a store that refuses it is logged, never raised.
+        """
+        async with self._report_lock:
+            served = self.served
+            if served is None:
+                return
+            version = served.version
+            period = REPORT_RETRY_S if self._report_failing else REPORT_SERVED_S
+            recent = time.monotonic() - self._report_tried < period
+            if recent and (version == self._reported or self._report_failing):
+                return
+            self._report_tried = time.monotonic()
+            try:
+                await anyio.to_thread.run_sync(self.store.report_served, self.replica_id, version)
+            except Exception as exc:  # a StoreError, or a bug: serving goes on either way
+                if not isinstance(exc, StoreError):
+                    log.exception("reporting the served version failed")
+                elif not self._report_failing:
+                    log.warning(
+                        "could not report serving version %d to the store (tried again in "
+                        "%g s): %s",
+                        version,
+                        REPORT_RETRY_S,
+                        exc,
+                    )
+                self._report_failing = True
+                return
+            if self._report_failing:
+                log.info("reported serving version %d to the store again", version)
+            self._reported, self._report_failing = version, False
 
     def close(self) -> None:
         if self._persisting is not None:

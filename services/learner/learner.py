@@ -6,6 +6,10 @@ into the replay buffer (every 20 ms, or at once while there is a backlog), run a
 updates within the update-to-data budget, publish, checkpoint, and write the status row (every
 0.1 s). Nothing here blocks on the service or the robots.
 
+After each publish it applies version retention (:meth:`Store.prune_policies`): the newest
+``keep_versions``, every ``keep_every``-th number, the pinned version and the versions replicas
+report serving are kept, the rest deleted, so a long run does not fill the disk with versions.
+
 It never takes, publishes or saves a non-finite step:
 
 - log rows with a value beyond the task's bounds (or the defaults of :mod:`robot_sac.replay`) are
@@ -40,7 +44,7 @@ from robot_sac.sac import SAC
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoint
 from robot_sac.settings import Settings
-from robot_sac.store import LogRows, PolicyRecord, Store
+from robot_sac.store import LogRows, PolicyRecord, Store, StoreError
 
 log = logging.getLogger("robot_sac.learner")
 
@@ -350,7 +354,32 @@ class Learner:
         self._last_publish_time = time.monotonic()
         self._keep_good_state()
         self._log_episodes()
+        self.prune()
         return record
+
+    def prune(self) -> list[int]:
+        """Delete the versions retention does not keep (``keep_versions``, ``keep_every``, the
+        pinned one, those replicas serve); return them. A store that fails here is logged and
+        learning goes on: the versions are pruned after a later publish instead."""
+        try:
+            deleted = self.store.prune_policies(
+                self.settings.keep_versions, self.settings.keep_every
+            )
+        except (StoreError, OSError) as exc:
+            log.warning(
+                "retention: could not delete old policy versions (tried again after "
+                "the next publish): %s",
+                exc,
+            )
+            return []
+        if deleted:
+            log.info(
+                "retention: deleted %d policy versions (%d to %d)",
+                len(deleted),
+                min(deleted),
+                max(deleted),
+            )
+        return deleted
 
     def checkpoint(self) -> bool:
         """Save the training state and counters, if the state is finite; whether it saved.

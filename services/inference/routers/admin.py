@@ -214,6 +214,9 @@ async def pin_policy(body: PinRequest, state: AppState = Depends(get_state)) -> 
     swapped, reason = await state.serving.swap_to(body.version)
     if not swapped:
         await state.serving.set_control(mode=previous.mode, pinned_version=previous.pinned_version)
+        if await anyio.to_thread.run_sync(state.store.get_policy, body.version) is None:
+            # deleted by retention between the look-up and the swap
+            raise HTTPException(404, f"policy version {body.version} does not exist")
         raise HTTPException(422, f"version {body.version} failed validation: {reason}")
     return await status_of(state)
 

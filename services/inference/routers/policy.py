@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from robot_sac.schemas import PolicyDescription
 from robot_sac.services.inference.deps import AppState, get_state
+from robot_sac.store import StoreError
 
 # Robot token (or operator), checked by the guard before the route runs.
 router = APIRouter(prefix="/v1", tags=["policy"])
@@ -50,14 +51,24 @@ async def policy_weights(
     ),
     state: AppState = Depends(get_state),
 ) -> Response:
-    """A version file (safetensors bytes); load it with ``robot_sac.policy.load_policy``."""
+    """A version file (safetensors bytes); load it with ``robot_sac.policy.load_policy``.
+
+    A version deleted by retention is unknown (404), also when it goes between the look-up and
+    the read."""
     if version is None:
         record = _served(state).record
     else:
         record = await anyio.to_thread.run_sync(state.store.get_policy, version)
         if record is None:
             raise HTTPException(404, f"policy version {version} does not exist")
-    data = await anyio.to_thread.run_sync(state.store.policy_bytes, record)
+    try:
+        data = await anyio.to_thread.run_sync(state.store.policy_bytes, record)
+    except (OSError, StoreError):
+        if await anyio.to_thread.run_sync(state.store.get_policy, record.version) is None:
+            raise HTTPException(
+                404, f"policy version {record.version} does not exist (it was just deleted)"
+            ) from None
+        raise
     return Response(
         data,
         media_type="application/octet-stream",
