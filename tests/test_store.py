@@ -55,6 +55,7 @@ from robot_sac.store import (
     StoreError,
     StoreUnavailable,
     TransitionConflict,
+    UnknownVersion,
     VersionEpisodes,
     open_store,
     versions_to_keep,
@@ -1258,6 +1259,64 @@ def test_prune_keeps_the_pinned_version_only_while_pinned(store: Store) -> None:
     store.update_control(mode="follow", pinned_version=None)
     assert store.prune_policies(2, 0) == [3]
     assert [r.version for r in store.list_policies()] == [10, 11]
+
+
+def test_a_pin_that_lands_after_prune_looked_is_still_kept(store: Store) -> None:
+    # The deletion itself keeps the version pinned when it commits, whatever the caller read.
+    register_versions(store, 6)
+    store.update_control(mode="pinned", pinned_version=2)
+    store.delete_policies([1, 2, 3])
+    assert [r.version for r in store.list_policies()] == [0, 2, 4, 5]
+
+
+def test_pinning_a_version_that_is_not_registered_is_refused_and_changes_nothing(
+    store: Store,
+) -> None:
+    register_versions(store, 4)
+    store.delete_policies([1])
+    before = store.control()
+    for version in (1, 99):
+        with pytest.raises(UnknownVersion, match=f"version {version} does not exist"):
+            store.update_control(mode="pinned", pinned_version=version)
+    assert store.control() == before
+    assert store.update_control(mode="pinned", pinned_version=2).pinned_version == 2
+
+
+def test_a_pin_and_a_prune_racing_never_leave_the_pin_on_a_deleted_version(
+    make_store: MakeStore,
+) -> None:
+    pinner, pruner = make_store(), make_store()
+    register_versions(pinner, 30)
+    errors: list[BaseException] = []
+
+    def pin_each() -> None:
+        for version in range(29, -1, -1):
+            try:
+                pinner.update_control(mode="pinned", pinned_version=version)
+            except UnknownVersion:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            control = pinner.control()
+            if control.pinned_version is not None:
+                assert pinner.get_policy(control.pinned_version) is not None
+
+    def prune_each() -> None:
+        for version in range(30):
+            try:
+                pruner.delete_policies([version])
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=pin_each), threading.Thread(target=prune_each)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    control = pinner.control()
+    assert control.pinned_version is not None
+    assert pinner.get_policy(control.pinned_version) is not None
 
 
 def test_prune_keeps_versions_replicas_report_serving(store: Store) -> None:

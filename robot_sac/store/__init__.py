@@ -17,6 +17,7 @@ from robot_sac.store.records import (
     StoreError,
     StoreUnavailable,
     TransitionConflict,
+    UnknownVersion,
     VersionEpisodes,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TransitionConflict",
+    "UnknownVersion",
     "VersionEpisodes",
     "open_existing",
     "open_store",

@@ -106,7 +106,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_control(self, **changes: Any) -> ControlState:
-        """Change some fields of the control state atomically; return the new state."""
+        """Change some fields of the control state atomically; return the new state.
+
+        Pinning a version that is not registered (``pinned_version``) raises
+        :class:`UnknownVersion` and changes nothing.
+        """
 
     @abc.abstractmethod
     def write_learner_status(self, status: dict[str, Any]) -> None:
@@ -144,7 +148,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_policies(self, versions: Sequence[int]) -> None:
-        """Delete these versions (their rows and bytes); their numbers are never reused."""
+        """Delete these versions (their rows and bytes); their numbers are never reused.
+
+        The version pinned when the deletion commits is never deleted, whatever the caller read
+        before: a pin and a prune that race leave the pinned version in place.
+        """
 
     def prune_policies(
         self, keep_newest: int, keep_every: int, served_within_s: float = SERVED_WITHIN_S

@@ -61,6 +61,7 @@ from robot_sac.store.records import (
     StoreUnavailable,
     TransitionKey,
     TransitionLike,
+    UnknownVersion,
     VersionEpisodes,
 )
 
@@ -674,10 +675,20 @@ class PostgresStore(Store):
     @_store_errors
     def delete_policies(self, versions: Sequence[int]) -> None:
         doomed = [int(v) for v in versions]
-        if doomed:
-            self._run(
-                lambda c: c.execute("DELETE FROM policies WHERE version = ANY(%s)", (doomed,))
+        if not doomed:
+            return
+
+        def delete(conn: psycopg.Connection[Any]) -> None:
+            # The control row's lock orders this against a pin (which takes it first too): the
+            # version pinned when this commits is kept.
+            conn.execute(
+                "DELETE FROM policies WHERE version = ANY(%s) AND version IS DISTINCT FROM "
+                "(SELECT CASE WHEN mode = 'pinned' THEN pinned_version END FROM control "
+                "WHERE id = 1 FOR UPDATE)",
+                (doomed,),
             )
+
+        self._run(delete)
 
     @_store_errors
     def report_served(self, replica: str, version: int) -> None:
@@ -728,6 +739,15 @@ class PostgresStore(Store):
                     f"UPDATE control SET {assignments}, updated_at = %s WHERE id = 1",  # type: ignore[arg-type]
                     (*changes.values(), time.time()),
                 )
+                # After the update took the control row's lock (see delete_policies).
+                pinned = changes.get("pinned_version")
+                if pinned is not None and (
+                    conn.execute(
+                        "SELECT 1 FROM policies WHERE version = %s", (int(pinned),)
+                    ).fetchone()
+                    is None
+                ):
+                    raise UnknownVersion(f"policy version {pinned} does not exist")
                 conn.execute("SELECT pg_notify(%s, 'control')", (CHANNEL,))
 
             self._run(write)

@@ -28,6 +28,10 @@ class StoreUnavailable(StoreError):
     table, ...): not something the caller got wrong."""
 
 
+class UnknownVersion(StoreError):
+    """The version asked for is not registered (never was, or retention deleted it)."""
+
+
 TransitionKey = tuple[str, str, int]
 
 

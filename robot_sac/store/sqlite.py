@@ -41,6 +41,7 @@ from robot_sac.store.records import (
     TransitionConflict,
     TransitionKey,
     TransitionLike,
+    UnknownVersion,
     VersionEpisodes,
 )
 
@@ -277,6 +278,14 @@ _MAX_STEPS_PER_LOOKUP = 500
 _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
 _CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _check_pinnable(conn: sqlite3.Connection, version: int | None) -> None:
+    """Refuse, inside the caller's write transaction, to pin a version that is not registered."""
+    if version is None:
+        return
+    if conn.execute("SELECT 1 FROM policies WHERE version = ?", (int(version),)).fetchone() is None:
+        raise UnknownVersion(f"policy version {version} does not exist")
 
 
 class _Pending:
@@ -749,6 +758,10 @@ class SQLiteStore(Store):
             return
         rows = []
         with self._write() as c:
+            # Inside the write transaction: a pin that landed since the caller looked is kept.
+            mode, pinned = c.execute("SELECT mode, pinned_version FROM control").fetchone()
+            if mode == "pinned":
+                doomed = [v for v in doomed if v != pinned]
             for start in range(0, len(doomed), 500):
                 chunk = doomed[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -803,6 +816,7 @@ class SQLiteStore(Store):
             assignments = ", ".join(f"{k} = ?" for k in changes)
             values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
             with self._write() as c:
+                _check_pinnable(c, changes.get("pinned_version"))
                 c.execute(
                     f"UPDATE control SET {assignments}, updated_at = ? WHERE id = 1",
                     (*values, time.time()),

@@ -40,7 +40,14 @@ import torch
 from robot_sac.policy import Policy, PolicyFileError, load_policy
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.metrics import ServiceMetrics
-from robot_sac.store import ControlState, PolicyRecord, Store, StoreBusy, StoreError
+from robot_sac.store import (
+    ControlState,
+    PolicyRecord,
+    Store,
+    StoreBusy,
+    StoreError,
+    UnknownVersion,
+)
 
 log = logging.getLogger("robot_sac.service")
 
@@ -290,7 +297,8 @@ class ServingState:
         try:
             control = await self._write_control(changes)
         except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
+            # A refused change (an unknown version) is an answer, not the store failing.
+            if not isinstance(exc, (asyncio.CancelledError, UnknownVersion)):
                 self.store_health.failed(exc)
             raise
         finally:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from robot_sac.policy import PolicyFileError, load_policy
 from robot_sac.schemas import PinRequest
 from robot_sac.services.inference.deps import AppState, Incoming, get_state
-from robot_sac.store import StoreError
+from robot_sac.store import StoreError, UnknownVersion
 
 log = logging.getLogger("robot_sac.service")
 
@@ -210,7 +210,10 @@ async def pin_policy(body: PinRequest, state: AppState = Depends(get_state)) -> 
             422, f"version {body.version} failed validation: {state.serving.refused[body.version]}"
         )
     previous = state.serving.control
-    await state.serving.set_control(mode="pinned", pinned_version=body.version)
+    try:
+        await state.serving.set_control(mode="pinned", pinned_version=body.version)
+    except UnknownVersion as exc:  # deleted by retention since the look-up
+        raise HTTPException(404, f"policy version {body.version} does not exist") from exc
     swapped, reason = await state.serving.swap_to(body.version)
     if not swapped:
         await state.serving.set_control(mode=previous.mode, pinned_version=previous.pinned_version)
