@@ -163,8 +163,8 @@ INSERT INTO transitions (position, robot_id, episode_id, step, obs, action, rewa
 SELECT (pg_current_xact_id()::text::bigint << {ROW_BITS}) + r.ord, r.robot_id, r.episode_id,
     r.step, r.obs, r.action, r.reward, r.next_obs, r.terminated, r.truncated, r.policy_version,
     r.received_at
-FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bytea[], %s::bytea[],
-    %s::float8[], %s::bytea[], %s::smallint[], %s::smallint[], %s::bigint[], %s::float8[])
+FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[],
+    %b::float8[], %b::bytea[], %b::smallint[], %b::smallint[], %b::bigint[], %b::float8[])
     AS r(ord, robot_id, episode_id, step, obs, action, reward, next_obs, terminated, truncated,
     policy_version, received_at)
 ORDER BY r.robot_id, r.episode_id, r.step
@@ -174,7 +174,7 @@ RETURNING robot_id, episode_id, step
 _STORED = """
 SELECT t.robot_id, t.episode_id, t.step, t.obs, t.action, t.reward, t.next_obs, t.terminated,
     t.truncated, t.policy_version
-FROM transitions t JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(robot_id, episode_id,
+FROM transitions t JOIN unnest(%b::text[], %b::text[], %b::bigint[]) AS k(robot_id, episode_id,
     step) USING (robot_id, episode_id, step)
 """
 _COUNT = f"""
@@ -184,8 +184,8 @@ ON CONFLICT (slot) DO UPDATE SET n = transition_counts.n + excluded.n
 # Versions are >= 0, so -1 stands for "the robot did not say" (as in LogRows).
 _TALLY = """
 INSERT INTO episode_tallies (robot_id, episode_id, policy_version, steps, reward_sum, ended)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[],
-    %s::smallint[]) ORDER BY 1, 2, 3
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::float8[],
+    %b::smallint[]) ORDER BY 1, 2, 3
 ON CONFLICT (robot_id, episode_id, policy_version) DO UPDATE SET
     steps = episode_tallies.steps + excluded.steps,
     reward_sum = episode_tallies.reward_sum + excluded.reward_sum,
@@ -207,7 +207,7 @@ SELECT t.robot_id, t.episode_id,
         ORDER BY x.step DESC LIMIT 1),
     SUM(t.steps), %s
 FROM episode_tallies t
-    JOIN unnest(%s::text[], %s::text[]) AS e(robot_id, episode_id) USING (robot_id, episode_id)
+    JOIN unnest(%b::text[], %b::text[]) AS e(robot_id, episode_id) USING (robot_id, episode_id)
 GROUP BY t.robot_id, t.episode_id
 HAVING MAX(t.ended) = 1
 ORDER BY t.robot_id, t.episode_id
@@ -389,7 +389,7 @@ class PostgresStore(Store):
                 try:
                     if not write:
                         return work(conn)
-                    with conn.pipeline(), conn.transaction():
+                    with conn.transaction():
                         return work(conn)
                 except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                     attempt += 1
@@ -463,7 +463,7 @@ class PostgresStore(Store):
         params = [unique, *(list(c) for c in zip(*(rows[i] for i in unique), strict=True))]
 
         def write(conn: psycopg.Connection[Any]) -> int:
-            new = {tuple(k) for k in conn.execute(_INSERT, params).fetchall()}
+            new = {tuple(k) for k in conn.execute(_INSERT, params, binary=True).fetchall()}
             self._check_against_stored(conn, rows, new)
             if not new:
                 return 0
