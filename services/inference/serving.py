@@ -168,6 +168,14 @@ class ServingState:
         )
         return policy
 
+    def _fetch(self, version: int) -> tuple[PolicyRecord, Policy] | None:
+        """The record and the loaded policy of ``version``, None if it is not registered: one
+        trip to the loader thread (an event-loop hop saved on the way to a new version)."""
+        record = self.store.get_policy(version)
+        if record is None:
+            return None
+        return record, self.load(record)
+
     async def swap_to(self, version: int) -> tuple[bool, str | None]:
         """Serve ``version`` if it loads and validates; else refuse it and keep the current one.
 
@@ -188,12 +196,9 @@ class ServingState:
                 return False, self.refused[version]
             if time.monotonic() < self._retry_at.get(version, 0.0):
                 return False, f"version {version} could not be read; it is tried again shortly"
-            record = await anyio.to_thread.run_sync(self.store.get_policy, version)
-            if record is None:
-                return False, f"version {version} is not registered"
             loop = asyncio.get_running_loop()
             try:
-                policy = await loop.run_in_executor(self._loader, self.load, record)
+                fetched = await loop.run_in_executor(self._loader, self._fetch, version)
             except (OSError, StoreError) as exc:
                 self._retry_at[version] = time.monotonic() + READ_RETRY_S
                 log.warning(
@@ -214,6 +219,9 @@ class ServingState:
                     reason,
                 )
                 return False, reason
+            if fetched is None:
+                return False, f"version {version} is not registered"
+            record, policy = fetched
             self._retry_at.pop(version, None)
             previous = self.served.version if self.served else None
             self.served = Served(policy, record)
@@ -312,10 +320,14 @@ class ServingState:
         return self.control
 
     # --- following the registry and the operator ---------------------------------------------
+    def _read_registry(self) -> tuple[ControlState, PolicyRecord | None]:
+        return self.store.control(), self.store.latest_policy()
+
     async def sync(self) -> None:
         """Read the control state and registry once; swap if the served version should change."""
         generation = self._control_generation
-        control = await anyio.to_thread.run_sync(self.store.control)
+        # One hop off the event loop for both reads: under load each hop costs milliseconds.
+        control, latest = await anyio.to_thread.run_sync(self._read_registry)
         if generation != self._control_generation:
             return  # an operator changed it meanwhile; what we read may predate that
         self._adopt(control)
@@ -324,7 +336,6 @@ class ServingState:
             if self.served is None or self.served.version != control.pinned_version:
                 await self.swap_to(control.pinned_version)
             return
-        latest = await anyio.to_thread.run_sync(self.store.latest_policy)
         if latest is None:
             return
         current = -1 if self.served is None else self.served.version
