@@ -144,7 +144,14 @@ class ServingState:
         self.started_at = time.time()
         self._swap_lock = asyncio.Lock()
         # Loading runs beside inference, never in its thread, so a swap never stalls answers.
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-loader")
+        # One torch thread: a team of OpenMP workers per core would spin after each load and
+        # take the cores from inference (a new version reached other replicas 3x slower).
+        self._loader = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="policy-loader",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
         # Control writes, one at a time and in order, beside the log's writer threads.
         self._control_writer = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="control-writer"
