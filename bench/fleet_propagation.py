@@ -258,9 +258,19 @@ def main() -> int:
         "--log-level", default="warning", help="the replicas' log level (info logs each swap)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the replicas' logs")
+    parser.add_argument(
+        "--replica-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the replicas (repeatable), e.g. OMP_NUM_THREADS=1",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the pauses between steps")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     args = parser.parse_args()
+    if any("=" not in kv for kv in args.replica_env):
+        parser.error("--replica-env takes NAME=VALUE")
+    replica_env = dict(kv.split("=", 1) for kv in args.replica_env)
     if args.rounds < 1 or args.robots < 3 or args.rate <= 0:
         parser.error("need --rounds >= 1, --robots >= 3 (one per replica at least), --rate > 0")
 
@@ -288,6 +298,7 @@ def main() -> int:
                 store_url=url,
                 tokens=tokens,
                 log_level=args.log_level,
+                extra_env=replica_env,
             )
             for n in ("A", "B", "C")
         ]
@@ -420,6 +431,7 @@ def main() -> int:
         "machine": {**facts, "loadavg_before_rounds": la_before, "loadavg_after": la_after},
         "postgres": pg,
         "replicas": 3,
+        "replica_env": replica_env,
         "robots": args.robots,
         "rate_hz": args.rate,
         "acts_per_s_answered": round(acts / load_s, 1),
