@@ -15,11 +15,22 @@ round, on one data directory that persists across rounds:
    integrity_check is 'ok', no key is stored twice, every acknowledged key is there, no row was
    never acknowledged, and the service's /v1/admin/status "transitions" equals the table's rows.
 
+With ``--postgres`` the store is PostgreSQL instead (``--store-url``): a fresh database
+``robot_sac_bench_<uuid>`` on the server (default ``postgresql://postgres@127.0.0.1:5432``),
+dropped afterwards unless something failed. The service gets the URL; the checks of step 5 read
+the database with psycopg: amcheck's ``bt_index_check(..., heapallindexed => true)`` on the
+transitions table's indexes stands for the integrity check, the same key rules apply, and no
+backend of the database may outlive the round (a killed service's connections end with it, and
+with them any transaction it had open). As with SQLite, a batch committed whose 200 never reached
+the client is allowed (the retry then answers it all as duplicates).
+
     PYTHONPATH=. .venv/bin/python bench/crash_durability.py                 # 50 rounds
     PYTHONPATH=. .venv/bin/python bench/crash_durability.py --rounds 3      # a short check
+    .venv/bin/python bench/crash_durability.py --postgres --rounds 20       # on PostgreSQL
 
 Exit status 1 if anything was lost, duplicated or corrupt (the data directory is then kept).
-Writes ``bench/results/crash_durability.json``.
+Writes ``bench/results/crash_durability.json`` (``crash_durability_postgres.json`` with
+PostgreSQL).
 """
 
 from __future__ import annotations
@@ -40,14 +51,17 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah's sizes
 Key = tuple[str, str, int]
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 # --- the service (the few lines of tests/servers.py that this needs) -------------------------
@@ -60,8 +74,11 @@ def free_port() -> int:
 class Service:
     """``robot-sac serve`` in a subprocess on a free loopback port, without tokens."""
 
-    def __init__(self, data_dir: Path, task_file: Path, log: Path) -> None:
+    def __init__(
+        self, data_dir: Path, task_file: Path, log: Path, store_url: str | None = None
+    ) -> None:
         self.data_dir, self.task_file, self.log = data_dir, task_file, log
+        self.store_url = store_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,6 +95,8 @@ class Service:
             *("--data-dir", str(self.data_dir), "--port", str(self.port)),
             *("--log-level", "warning"),
         ]
+        if self.store_url is not None:
+            cmd += ["--store-url", self.store_url]
         t0 = time.perf_counter()
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -194,6 +213,36 @@ def check_store(db_path: Path, acked: set[Key]) -> Check:
         stored = db.execute("SELECT robot_id, episode_id, step FROM transitions").fetchall()
     finally:
         db.close()
+    return compare(integrity, stored, acked)
+
+
+def check_postgres(url: str, acked: set[Key], amcheck: bool) -> Check:
+    """The same checks on the PostgreSQL store; ``amcheck``: verify the transitions table's
+    B-tree indexes against the table (the closest thing to SQLite's integrity_check)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        integrity = "ok" if amcheck else "not checked (no amcheck)"
+        if amcheck:
+            indexes = db.execute(
+                "SELECT indexrelid::regclass::text FROM pg_index "
+                "WHERE indrelid = 'transitions'::regclass"
+            ).fetchall()
+            problems = []
+            for (index,) in indexes:
+                try:
+                    db.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+                except psycopg.Error as exc:
+                    problems.append(f"{index}: {str(exc).strip()}")
+            integrity = "ok" if not problems else "; ".join(problems[:5])
+        stored = [
+            (r, e, int(s))
+            for r, e, s in db.execute("SELECT robot_id, episode_id, step FROM transitions")
+        ]
+    return compare(integrity, stored, acked)
+
+
+def compare(integrity: str, stored: list[Any], acked: set[Key]) -> Check:
     unique = set(stored)
     return Check(
         integrity=integrity,
@@ -219,12 +268,14 @@ class Campaign:
     task_file: Path
     log: Path
     batch_size: int
+    store_url: str | None = None  # PostgreSQL; None: SQLite in ``data``
+    amcheck: bool = False
     acked: set[Key] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     running: Service | None = None
 
     def start(self) -> tuple[Service, float]:
-        svc = Service(self.data, self.task_file, self.log)
+        svc = Service(self.data, self.task_file, self.log, self.store_url)
         self.running = svc
         return svc, svc.start()
 
@@ -276,7 +327,16 @@ class Campaign:
         rc = svc.terminate()
         self.running = None
 
-        check = check_store(self.data / "store.sqlite", self.acked)
+        lingering = 0
+        if self.store_url is None:
+            check = check_store(self.data / "store.sqlite", self.acked)
+        else:
+            lingering = wait_for_no_backends(self.store_url)
+            if lingering:
+                self.failures.append(
+                    f"round {r}: {lingering} connections to the database outlived the service"
+                )
+            check = check_postgres(self.store_url, self.acked, self.amcheck)
         if not check.ok:
             self.failures.append(f"round {r}: {check}")
         if count != check.rows:
@@ -301,7 +361,68 @@ class Campaign:
             "start_s": round(start_s, 3),
             "restart_s": round(restart_s, 3),
             "terminate_rc": rc,
+            **({"lingering_backends": lingering} if self.store_url is not None else {}),
         }
+
+
+def wait_for_no_backends(url: str, timeout: float = 10.0) -> int:
+    """Wait until no other connection to the database at ``url`` remains; how many still do."""
+    import psycopg
+
+    name = urlsplit(url).path.lstrip("/")
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as db:
+        while True:
+            (n,) = db.execute(  # type: ignore[misc]
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()
+            if n == 0 or time.monotonic() > deadline:
+                return int(n)
+            time.sleep(0.05)
+
+
+def fresh_database(admin_url: str) -> str:
+    """A new database ``robot_sac_bench_<uuid>`` on the server of ``admin_url``; its URL."""
+    import psycopg
+
+    name = "robot_sac_bench_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+def prepare_postgres(url: str, created: bool) -> tuple[bool, str]:
+    """(amcheck usable, the server's version); refuses a store that already holds transitions
+    (every row must be one this run acknowledged). amcheck is installed only in a database
+    this run created."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        version = str(db.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        exists = db.execute("SELECT to_regclass('transitions') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+        if exists and db.execute("SELECT EXISTS (SELECT 1 FROM transitions)").fetchone()[0]:  # type: ignore[index]
+            raise SystemExit(f"{urlsplit(url).path} already holds transitions: use an empty store")
+        if created:
+            try:
+                db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            except psycopg.Error as exc:
+                print(f"note: no amcheck ({str(exc).strip()}); indexes are not verified")
+        amcheck = bool(
+            db.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'amcheck')"
+            ).fetchone()[0]  # type: ignore[index]
+        )
+    return amcheck, version
 
 
 def main() -> int:
@@ -322,6 +443,19 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="where the data dir goes")
     parser.add_argument("--keep", action="store_true", help="keep the data dir even if all is ok")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--postgres",
+        nargs="?",
+        const=PG_ADMIN,
+        default=None,
+        metavar="ADMIN_URL",
+        help="run on PostgreSQL, in a fresh database created through ADMIN_URL (default "
+        f"{PG_ADMIN}) and dropped afterwards",
+    )
+    where.add_argument(
+        "--store-url", default=None, help="run on this (empty) PostgreSQL store; kept afterwards"
+    )
     args = parser.parse_args()
     if args.rounds < 1 or not 1 <= args.min_clients <= args.max_clients or args.batch_size < 1:
         parser.error("need --rounds >= 1, 1 <= --min-clients <= --max-clients, --batch-size >= 1")
@@ -338,9 +472,19 @@ def main() -> int:
         "action_high": [1.0] * ACTION_DIM,
     }
     task_file.write_text(json.dumps(task))
+    store_url: str | None = args.store_url
+    if args.postgres is not None:
+        store_url = fresh_database(args.postgres)
+    amcheck, pg_version = False, None
+    if store_url is not None:
+        amcheck, pg_version = prepare_postgres(store_url, created=args.postgres is not None)
+        print(f"store: PostgreSQL {pg_version}, database {urlsplit(store_url).path.lstrip('/')}")
     print(f"data in {work}; seed {args.seed}", flush=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
 
-    camp = Campaign(work / "data", task_file, work / "service.log", args.batch_size)
+    camp = Campaign(
+        work / "data", task_file, work / "service.log", args.batch_size, store_url, amcheck
+    )
     records: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     try:
@@ -367,6 +511,7 @@ def main() -> int:
         if camp.running is not None:
             camp.running.kill()
     elapsed = time.perf_counter() - t_start
+    load_after = [round(x, 2) for x in os.getloadavg()]
 
     done = len(records)
     lost = records[-1]["lost"] if records else 0
@@ -397,6 +542,10 @@ def main() -> int:
         print(f"restart to ready      median {median_restart:.2f} s, max {max(restarts):.2f} s")
     for f in failures[:20]:
         print(f"FAIL {f}")
+    if store_url is not None:
+        lingering = sum(rec.get("lingering_backends", 0) for rec in records)
+        print(f"lingering connections {lingering} (after the service stopped)")
+    print(f"load average          before {load_before}, after {load_after}")
     print("durability: " + ("OK" if ok else f"FAILED; data kept in {work}"))
 
     result = {
@@ -406,9 +555,15 @@ def main() -> int:
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
         },
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **(
+            {"store": "sqlite", "sqlite": sqlite3.sqlite_version}
+            if store_url is None
+            else {"store": "postgresql", "postgres": pg_version, "amcheck": amcheck}
+        ),
         "torch": version_of("torch"),
         "seed": args.seed,
         "rounds_requested": args.rounds,
@@ -422,6 +577,11 @@ def main() -> int:
         "integrity_failures": integrity_failures,
         "count_mismatches": count_mismatches,
         "unexpected_rows": unexpected,
+        **(
+            {"lingering_backends": sum(rec.get("lingering_backends", 0) for rec in records)}
+            if store_url is not None
+            else {}
+        ),
         "rounds_nothing_in_flight": nothing_in_flight,
         "median_restart_s": median_restart,
         "max_restart_s": max(restarts) if restarts else None,
@@ -430,12 +590,18 @@ def main() -> int:
         "failures": failures,
         "per_round": records,
     }
-    out = args.out or Path(__file__).parent / "results" / "crash_durability.json"
+    name = "crash_durability.json" if store_url is None else "crash_durability_postgres.json"
+    out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     if ok and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    if args.postgres is not None and store_url is not None:
+        if ok and not args.keep:
+            drop_database(args.postgres, store_url)
+        else:
+            print(f"database kept: {urlsplit(store_url).path.lstrip('/')}")
     return 0 if ok else 1
 
 
