@@ -1039,6 +1039,7 @@ def test_update_control_changes_only_the_given_fields_and_persists(
     make_store: MakeStore,
 ) -> None:
     store = make_store()
+    register_versions(store, 4)  # only a registered version may be pinned
     assert store.update_control(learner_paused=True) == ControlState(True, "follow", None, False)
     state = store.update_control(mode="pinned", pinned_version=3, hold=True)
     assert state == ControlState(True, "pinned", 3, True)

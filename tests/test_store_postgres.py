@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from robot_sac.bootstrap import ensure_initial_policy
-from robot_sac.store import StoreError, open_existing, open_store
+from robot_sac.store import StoreError, TransitionConflict, open_existing, open_store
 from robot_sac.store.postgres import PostgresStore
 from tests.store_backends import PG_ADMIN, pg_database_for
 from tests.test_store import SPEC, all_rows, make_policy_bytes, step, tags
@@ -37,9 +37,10 @@ def store(url: str) -> Iterator[PostgresStore]:
 def test_a_transaction_that_commits_after_a_later_one_is_still_read_in_order(
     store: PostgresStore, url: str
 ) -> None:
-    # T1 (robot "a") starts first and is held open by a lock an outside session keeps on its
-    # episode's tally row; T2 (robot "b") starts later and commits first. A reader that took
-    # positions as they became visible would pass T2's and never see T1's.
+    # T1 (robot "a", this store) starts first and is held open by a lock an outside session
+    # keeps on its episode's tally row; T2 (robot "b", another replica's store) starts later and
+    # commits first. A reader that took positions as they became visible would pass T2's and
+    # never see T1's.
     store.append([step(0, robot="a", tag=0.0)])  # creates the tally row T1 will wait on
     cursor = int(store.read_after(0, 10).position[-1])
     blocker = psycopg.connect(url)
@@ -54,7 +55,8 @@ def test_a_transaction_that_commits_after_a_later_one_is_still_read_in_order(
         ).fetchone() != (1,):
             assert time.monotonic() < deadline, "T1 never reached the lock"
             time.sleep(0.01)
-        assert store.append([step(0, robot="b", tag=2.0)]) == (1, 0)  # T2 commits
+        with open_store(SPEC, url=url) as replica:
+            assert replica.append([step(0, robot="b", tag=2.0)]) == (1, 0)  # T2 commits
         (visible,) = probe.execute("SELECT count(*) FROM transitions").fetchone()  # type: ignore[misc]
         assert visible == 2  # T2's row is committed and visible to anyone...
         assert len(store.read_after(cursor, 10)) == 0  # ...but the tail does not pass T1
@@ -186,3 +188,52 @@ def test_plot_reads_a_fleets_store_by_its_url(
     result = CliRunner().invoke(app, ["plot", "--store-url", url, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_conflict_in_a_group_commit_fails_only_its_own_batch(
+    store: PostgresStore, url: str
+) -> None:
+    # An outside session locks the count table, so the first append waits inside its
+    # transaction holding the store's leader lock; three more batches queue behind it and are
+    # then written in one transaction (group commit). The middle one conflicts: it alone is
+    # refused, and its new row does not stay behind (the next batch stores that key with other
+    # content).
+    store.append([step(0, robot="old", tag=-1.0)])
+    batches = {
+        "first": [step(0, robot="a", tag=1.0)],
+        "before": [step(0, robot="b", tag=2.0), step(1, robot="b", tag=2.5)],
+        "conflict": [step(0, robot="c", tag=3.0), step(0, robot="old", tag=-2.0)],
+        "after": [step(0, robot="c", tag=4.0), step(0, robot="old", tag=-1.0)],
+    }
+    results: dict[str, object] = {}
+
+    def send(name: str) -> None:
+        try:
+            results[name] = store.append(batches[name])
+        except BaseException as exc:
+            results[name] = exc
+
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.005)
+
+    threads = {name: threading.Thread(target=send, args=(name,)) for name in batches}
+    with psycopg.connect(url) as locker:
+        locker.execute("LOCK TABLE transition_counts IN EXCLUSIVE MODE")
+        threads["first"].start()
+        wait_for(lambda: store._leader.locked() and not store._queue, "the first append")
+        for queued, name in enumerate(("before", "conflict", "after"), start=1):
+            threads[name].start()
+            wait_for(lambda n=queued: len(store._queue) == n, f"batch {name} to queue")  # type: ignore[misc]
+        locker.commit()
+    for thread in threads.values():
+        thread.join(30)
+    assert results["first"] == (1, 0)
+    assert results["before"] == (2, 0)
+    conflict = results["conflict"]
+    assert isinstance(conflict, TransitionConflict) and conflict.key == ("old", "e0", 0)
+    assert results["after"] == (1, 1)
+    assert sorted(tags(all_rows(store))) == [-1.0, 1.0, 2.0, 2.5, 4.0]
+    assert store.transition_count() == 5

@@ -4,7 +4,10 @@ and the learner, which need nothing else in common.
 It keeps SQLite's semantics exactly; what PostgreSQL changes is how:
 
 - **Durable before 200.** Every write is one transaction, committed with
-  ``synchronous_commit = on`` (set on each connection, whatever the server's default).
+  ``synchronous_commit = on`` (set on each connection, whatever the server's default). Batches
+  that arrive while this process is committing are written together in the next transaction
+  (group commit, as on SQLite): one statement of each kind and one commit for all of them, a
+  batch that conflicts refused alone.
 - **Idempotency.** ``(robot_id, episode_id, step)`` is a unique constraint; ``INSERT ... ON
   CONFLICT DO NOTHING RETURNING`` says which rows were new, and the others are compared with
   what is stored (the row codec's rule): identical is a duplicate, different a conflict.
@@ -59,6 +62,7 @@ from robot_sac.store.records import (
     StoreBusy,
     StoreError,
     StoreUnavailable,
+    TransitionConflict,
     TransitionKey,
     TransitionLike,
     UnknownVersion,
@@ -303,6 +307,9 @@ class PostgresStore(Store):
         self.busy_timeout_s = float(busy_timeout_s)
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
+        self._leader = threading.Lock()  # held by the caller writing a group of batches
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._closed = False
         try:
             psycopg.conninfo.conninfo_to_dict(url)
@@ -454,57 +461,62 @@ class PostgresStore(Store):
             raise ValueError(
                 f"a batch holds at most {MAX_ROWS_PER_APPEND} transitions, not {len(rows)}"
             )
-        # The first copy of each key is the one inserted; later copies are compared with it (or,
-        # for a key already logged, with the stored row) once the insert has said which is which.
-        first: dict[TransitionKey, int] = {}
-        for i, r in enumerate(rows):
-            first.setdefault((r[0], r[1], r[2]), i)
-        unique = sorted(first.values())
-        params = [unique, *(list(c) for c in zip(*(rows[i] for i in unique), strict=True))]
-
-        def write(conn: psycopg.Connection[Any]) -> int:
-            new = {tuple(k) for k in conn.execute(_INSERT, params, binary=True).fetchall()}
-            self._check_against_stored(conn, rows, new)
-            if not new:
-                return 0
-            stored = [rows[first[k]] for k in sorted(new)]  # type: ignore[index]
-            conn.execute(_COUNT, (len(stored),))
-            _tally(conn, stored)
-            return len(new)
-
-        accepted = self._run(write)
-        return accepted, len(rows) - accepted
-
-    def _check_against_stored(
-        self,
-        conn: psycopg.Connection[Any],
-        rows: Sequence[tuple[Any, ...]],
-        new: set[tuple[Any, ...]],
-    ) -> None:
-        """Raise :class:`TransitionConflict` if a row's content differs from what its key holds:
-        the stored row for keys already logged, the batch's first copy for keys new to it."""
-        if len(new) == len(rows):
-            return  # every row was new and unique: nothing to compare
-        old = [r for r in rows if (r[0], r[1], r[2]) not in new]
-        stored: dict[TransitionKey, tuple[Any, ...]] = {}
-        if old:
-            keys = list(zip(*{(r[0], r[1], r[2]) for r in old}, strict=True))
-            for r in conn.execute(_STORED, [list(k) for k in keys]):
-                stored[(r[0], r[1], int(r[2]))] = tuple(
-                    bytes(v) if isinstance(v, memoryview) else v for v in r[3:]
+        # Group commit: batches that arrive while this process's transaction is under way are
+        # written together by whichever caller leads next, in one transaction (one statement
+        # per kind, one commit). Each caller returns once its own rows are committed.
+        pending = _Pending(rows)
+        with self._queue_lock:
+            self._queue.append(pending)
+        if self._leader.acquire(timeout=self.busy_timeout_s):
+            try:
+                if not pending.finished.is_set():
+                    with self._queue_lock:
+                        group, self._queue = self._queue, []
+                    self._commit_group(group)
+            finally:
+                self._leader.release()
+        else:
+            with self._queue_lock:
+                queued = any(p is pending for p in self._queue)
+                if queued:
+                    self._queue = [p for p in self._queue if p is not pending]
+            if queued:
+                raise StoreBusy(
+                    "the store is busy: this process's other writes kept it for "
+                    f"{self.busy_timeout_s:.1f} s"
                 )
-        firsts: dict[TransitionKey, tuple[Any, ...]] = {}
-        for r in rows:
-            key = (r[0], r[1], r[2])
-            if key in stored:
-                conflict = find_conflict(key, stored[key], r[3:10])
-            elif key in firsts:
-                conflict = find_conflict(key, firsts[key], r[3:10], in_batch=True)
-            else:
-                firsts[key] = r[3:10]
-                continue
-            if conflict is not None:
-                raise conflict
+            pending.finished.wait()  # a leader took it; its waits are bounded too
+        if pending.error is not None:
+            raise pending.error
+        return pending.accepted, len(rows) - pending.accepted
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Write ``group`` in one transaction. A batch that conflicts is refused alone: the
+        transaction is rolled back and written again without it (conflicts are rare)."""
+        live = list(group)
+        try:
+            while live:
+                try:
+                    accepted = self._run(functools.partial(_write_group, group=live))
+                except _Refused as refused:
+                    for index, conflict in refused.conflicts.items():
+                        live[index].error = conflict
+                    live = [p for i, p in enumerate(live) if i not in refused.conflicts]
+                    continue
+                for p, n in zip(live, accepted, strict=True):
+                    p.accepted = n
+                live = []
+        except BaseException as exc:  # nothing of the group is committed: every caller hears it
+            error = (
+                self._store_error(exc)
+                if isinstance(exc, (psycopg.Error, psycopg_pool.PoolTimeout))
+                else exc
+            )
+            for p in live:
+                p.accepted, p.error = 0, error
+        finally:
+            for p in group:
+                p.finished.set()
 
     @_store_errors
     def read_after(self, position: int, limit: int) -> LogRows:
@@ -839,6 +851,86 @@ def stored_task(url: str, busy_timeout_s: float = 30.0) -> TaskSpec:
     if row is None:
         raise StoreError(f"{where} does not record its task")
     return TaskSpec.model_validate_json(row[0])
+
+
+class _Pending:
+    """One caller's batch waiting to be committed (group commit)."""
+
+    __slots__ = ("accepted", "error", "finished", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.accepted = 0
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _Refused(Exception):
+    """Batches of a group conflict (by index in the group): roll back, write the others."""
+
+    def __init__(self, conflicts: dict[int, TransitionConflict]) -> None:
+        super().__init__(f"{len(conflicts)} batches conflict")
+        self.conflicts = conflicts
+
+
+def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[_Pending]) -> list[int]:
+    """Insert the batches of ``group``, in order, in the caller's transaction; how many rows each
+    stored. Raises :class:`_Refused` naming the batches whose content conflicts.
+
+    The first copy of each key (in group order) is the one inserted; every other copy is
+    compared with it, or, for a key already logged, with the stored row.
+    """
+    rows = [r for p in group for r in p.rows]
+    owner = [i for i, p in enumerate(group) for _ in p.rows]
+    first: dict[TransitionKey, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault((r[0], r[1], r[2]), i)
+    unique = sorted(first.values())
+    params = [unique, *(list(c) for c in zip(*(rows[i] for i in unique), strict=True))]
+    new: set[TransitionKey] = {
+        (k[0], k[1], int(k[2])) for k in conn.execute(_INSERT, params, binary=True).fetchall()
+    }
+    conflicts: dict[int, TransitionConflict] = {}
+    if len(new) < len(rows):
+        stored = _stored_content(conn, [k for k in first if k not in new])
+        firsts: dict[TransitionKey, tuple[tuple[Any, ...], int]] = {}
+        for i, r in enumerate(rows):
+            key = (r[0], r[1], r[2])
+            if key in stored:
+                conflict = find_conflict(key, stored[key], r[3:10])
+            elif key in firsts:
+                content, by = firsts[key]
+                conflict = find_conflict(key, content, r[3:10], in_batch=by == owner[i])
+            else:
+                firsts[key] = (r[3:10], owner[i])
+                continue
+            if conflict is not None and owner[i] not in conflicts:
+                conflicts[owner[i]] = conflict
+    if conflicts:
+        # Only the first: a later batch may conflict only with a row of a refused one, and is
+        # judged again, as SQLite's batch-by-batch savepoints would, without it.
+        earliest = min(conflicts)
+        raise _Refused({earliest: conflicts[earliest]})
+    accepted = [0] * len(group)
+    for key in new:
+        accepted[owner[first[key]]] += 1
+    if new:
+        conn.execute(_COUNT, (len(new),))
+        _tally(conn, [rows[first[k]] for k in sorted(new)])
+    return accepted
+
+
+def _stored_content(
+    conn: psycopg.Connection[Any], keys: Sequence[TransitionKey]
+) -> dict[TransitionKey, tuple[Any, ...]]:
+    """The stored content (codec columns 3 to 9) of each of ``keys`` that is logged."""
+    if not keys:
+        return {}
+    columns = [list(c) for c in zip(*keys, strict=True)]
+    return {
+        (r[0], r[1], int(r[2])): tuple(bytes(v) if isinstance(v, memoryview) else v for v in r[3:])
+        for r in conn.execute(_STORED, columns)
+    }
 
 
 def _tally(conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
