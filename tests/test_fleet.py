@@ -66,10 +66,10 @@ LEARNER_ENV = {"ROBOT_SAC_PUBLISH_EVERY": "50"}
 # version would wait half a poll period on average (tests/test_store_postgres.py checks the
 # announcements themselves).
 REPLICA_ENV = {"ROBOT_SAC_POLICY_POLL_S": "1.0"}
-# How soon every replica must serve a version once it is registered (and, typically, half that),
-# and hold or release once one replica was told to.
+# How soon every replica must serve a version once it is registered, under load; and how soon
+# it must serve one registered on a quieter fleet, or hold, release, pin or follow once one
+# replica was told to (a 1 s poll alone would miss this about half the time).
 CONVERGE_S = 1.0
-CONVERGE_MEDIAN_S = 0.5
 PROPAGATE_S = 0.5
 
 Key = tuple[str, str, int]
@@ -448,37 +448,44 @@ def test_every_replica_converges_on_each_new_version_within_a_second(fleet: Flee
     pollers = [threading.Thread(target=poll, args=(i,)) for i in range(3)]
     for t in pollers:
         t.start()
+    uploads: list[int] = []
     try:
         with Robots(robots):
-            # two versions from the learner, then one uploaded through a replica, then another
-            # from the learner
+            # Under load: two versions from the learner, then one uploaded through a replica,
+            # then another from the learner.
             wait_for(
                 lambda: len([v for v in registered(fleet.store_url) if v > start]) >= 2,
                 90,
                 "two versions from the learner",
                 every=0.1,
             )
-            uploaded = fleet.upload(1)
+            uploads.append(fleet.upload(1))
             wait_for(
-                lambda: len([v for v in registered(fleet.store_url) if v > uploaded]) >= 1,
+                lambda: len([v for v in registered(fleet.store_url) if v > uploads[0]]) >= 1,
                 60,
                 "a version from the learner after the upload",
                 every=0.1,
             )
-            time.sleep(CONVERGE_S + 0.2)  # let the last one reach every replica
+        # Quieter (the robots stopped, the learner runs out of data): versions uploaded through
+        # each replica in turn, a few tenths of a second apart, less than the 1 s poll.
+        gaps = random.Random(3)
+        for k in range(6):
+            time.sleep(gaps.uniform(0.3, 0.6))
+            uploads.append(fleet.upload(k % 3))
+        time.sleep(CONVERGE_S + 0.2)  # let the last ones reach every replica
     finally:
         stop.set()
         for t in pollers:
             t.join(timeout=30)
     stopped = time.time()
     # Every version registered early enough to be due on every replica before the polls ended
-    # (the learner goes on publishing meanwhile).
+    # (the learner may go on publishing meanwhile).
     versions = {
         v: t
         for v, t in registered(fleet.store_url).items()
         if v > start and t < stopped - CONVERGE_S - 0.1
     }
-    assert uploaded in versions and len(versions) >= 4, versions
+    assert set(uploads) <= set(versions) and len(versions) >= 4 + 6, versions
     latencies: dict[tuple[int, int], float] = {}
     for i in range(3):
         served = [v for _, v in changes[i]]
@@ -489,19 +496,23 @@ def test_every_replica_converges_on_each_new_version_within_a_second(fleet: Flee
             when = next((t for t, served in changes[i] if served >= v), None)
             assert when is not None, f"replica {i} never served version {v}: {changes[i]}"
             latencies[(i, v)] = when - at
+    quiet = [t for (_, v), t in latencies.items() if v in uploads[1:]]
     print(
         f"\nconvergence over {len(versions)} versions x 3 replicas: "
         f"median {1000 * float(np.median(list(latencies.values()))):.0f} ms, "
-        f"max {1000 * max(latencies.values()):.0f} ms"
+        f"max {1000 * max(latencies.values()):.0f} ms; of the {len(quiet)} after the uploads "
+        f"without robots: median {1000 * float(np.median(quiet)):.0f} ms, "
+        f"max {1000 * max(quiet):.0f} ms"
     )
     assert max(latencies.values()) < CONVERGE_S, latencies
-    assert float(np.median(list(latencies.values()))) < CONVERGE_MEDIAN_S, latencies
+    # Announced: with the 1 s poll alone, about half of these would take more than 0.5 s.
+    assert max(quiet) < PROPAGATE_S, sorted(quiet)
     for r in robots:
         assert not r.failures, r.failures
         assert r.acked
-    # The robots' own answers: the versions only ever went up, past the uploaded one.
+    # The robots' own answers: the versions only ever went up, past the first upload.
     for r in robots:
-        assert r.versions == sorted(r.versions) and r.versions[-1] >= uploaded
+        assert r.versions == sorted(r.versions) and r.versions[-1] >= uploads[0]
 
 
 def test_a_hold_on_one_replica_holds_the_robots_of_every_replica(fleet: Fleet):
@@ -554,25 +565,31 @@ def test_a_hold_on_one_replica_holds_the_robots_of_every_replica(fleet: Fleet):
     assert max(release_latency) < PROPAGATE_S, release_latency
 
 
+def until_every_replica(
+    fleet: Fleet, serves: Callable[[int], bool], since: float, timeout: float = 10.0
+) -> list[float]:
+    """How long after ``since`` each replica first served a version for which ``serves``."""
+    first: list[float | None] = [None] * len(fleet.urls)
+    deadline = time.monotonic() + timeout
+    while None in first and time.monotonic() < deadline:
+        for i, url in enumerate(fleet.urls):
+            if first[i] is None and serves(served_version(url, fleet.http)):
+                first[i] = time.time() - since
+        time.sleep(0.005)
+    assert None not in first, f"not every replica got there within {timeout} s: {first}"
+    return first  # type: ignore[return-value]
+
+
 def test_a_pin_on_one_replica_pins_every_replica_and_follow_releases_them(fleet: Fleet):
     fleet.admin(0, "/v1/admin/policy/follow")
     newer = fleet.upload(0)  # at least two versions, whatever ran before
-    wait_for(
-        lambda: all(served_version(u, fleet.http) >= newer for u in fleet.urls),
-        CONVERGE_S,
-        "the upload",
-    )
+    until_every_replica(fleet, lambda v: v >= newer, time.time())
     pinned = newer - 1
     try:
         pinned_at = time.time()
         fleet.admin(2, "/v1/admin/policy/pin", json={"version": pinned})
-        wait_for(
-            lambda: all(served_version(u, fleet.http) == pinned for u in fleet.urls),
-            CONVERGE_S,
-            f"every replica to serve the pinned version {pinned}",
-        )
-        pin_latency = time.time() - pinned_at
-        # a version registered while pinned is not served anywhere
+        pin_latency = until_every_replica(fleet, lambda v: v == pinned, pinned_at)
+        # a version registered while pinned is served nowhere
         later = fleet.upload(1)
         time.sleep(0.5)
         assert [served_version(u, fleet.http) for u in fleet.urls] == [pinned] * 3
@@ -582,13 +599,16 @@ def test_a_pin_on_one_replica_pins_every_replica_and_follow_releases_them(fleet:
             status = fleet.http.get(f"{u}/v1/admin/status", headers=OPERATOR).json()
             assert status["mode"] == "pinned" and status["pinned_version"] == pinned
     finally:
+        followed_at = time.time()
         fleet.admin(0, "/v1/admin/policy/follow")  # through another replica
-    wait_for(
-        lambda: all(served_version(u, fleet.http) >= later for u in fleet.urls),
-        CONVERGE_S,
-        "every replica to follow again",
+    follow_latency = until_every_replica(fleet, lambda v: v >= later, followed_at)
+    print(
+        f"\npin on replica 2 -> replicas 0/1/2 served version {pinned} after "
+        f"{'/'.join(f'{1000 * x:.0f}' for x in pin_latency)} ms; follow on replica 0 -> "
+        f"{'/'.join(f'{1000 * x:.0f}' for x in follow_latency)} ms"
     )
-    print(f"\npin on replica 2 -> every replica served version {pinned} after {pin_latency:.2f} s")
+    assert max(pin_latency) < PROPAGATE_S, pin_latency
+    assert max(follow_latency) < PROPAGATE_S, follow_latency
 
 
 def test_kill_9_of_one_replica_loses_no_acknowledged_transition(fleet: Fleet):
