@@ -1,9 +1,10 @@
 """A fleet: inference replicas and a learner that share nothing but a PostgreSQL store.
 
-Real processes (``robot-sac serve``, ``robot-sac learn``), real HTTP on loopback, the machine's
-PostgreSQL server (a fresh database per test module, see :mod:`tests.store_backends`). Each
+Real processes (``robot-sac serve``, ``robot-sac learn``) with tokens, real HTTP on loopback, the
+machine's PostgreSQL server (a fresh database per fleet, see :mod:`tests.store_backends`). Each
 process has a data directory of its own, as it would on a host of its own: the store URL is all
-they have in common.
+they have in common. The three-replica tests share one fleet (module scope); the kill test,
+last, kills one of its replicas.
 
 - The learner on another host: robots act and log through the service, the learner publishes,
   the service serves what it published, and neither data directory holds the other's files.
@@ -262,9 +263,11 @@ class Prober:
                     r = http.post("/v1/act", json={"obs": [0.1, -0.2, 0.3], "robot_id": "probe"})
                 except httpx.HTTPError as exc:
                     self.errors.append(repr(exc))
+                    time.sleep(0.05)
                     continue
                 if r.status_code != 200:
                     self.errors.append(f"{r.status_code} {r.text}")
+                    time.sleep(0.05)
                     continue
                 a = r.json()
                 self.answers.append(
@@ -279,7 +282,8 @@ class Prober:
                 )
                 time.sleep(0.003)
 
-    def first_held_after(self, t: float, hold: bool) -> Answer | None:
+    def first_after(self, t: float, hold: bool) -> Answer | None:
+        """The first answer to an act sent at ``t`` or later with ``"hold": hold``."""
         return next((a for a in self.answers if a.sent >= t and a.hold is hold), None)
 
 
@@ -523,7 +527,7 @@ def test_a_hold_on_one_replica_holds_the_robots_of_every_replica(fleet: Fleet):
         fleet.admin(0, "/v1/admin/hold")
         answered = time.time()
         wait_for(
-            lambda: all(p.first_held_after(pressed, True) for p in probers),
+            lambda: all(p.first_after(pressed, True) for p in probers),
             5,
             "every replica to hold",
         )
@@ -531,7 +535,7 @@ def test_a_hold_on_one_replica_holds_the_robots_of_every_replica(fleet: Fleet):
         released_at = time.time()
         fleet.admin(1, "/v1/admin/release")  # through another replica
         wait_for(
-            lambda: all(p.first_held_after(released_at, False) for p in probers),
+            lambda: all(p.first_after(released_at, False) for p in probers),
             5,
             "every replica to release",
         )
@@ -539,8 +543,8 @@ def test_a_hold_on_one_replica_holds_the_robots_of_every_replica(fleet: Fleet):
     hold_latency, release_latency = [], []
     for p in probers:
         assert not p.errors, p.errors
-        held = p.first_held_after(pressed, True)
-        free = p.first_held_after(released_at, False)
+        held = p.first_after(pressed, True)
+        free = p.first_after(released_at, False)
         assert held is not None and free is not None
         hold_latency.append(held.received - pressed)
         release_latency.append(free.received - released_at)
