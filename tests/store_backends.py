@@ -15,6 +15,9 @@ from tests.pg import admin_url, pg_server_available, with_database
 BACKENDS = ["sqlite", "postgres"]
 PG_ADMIN = admin_url()
 PG_PREFIX = "rs_store_"
+# The databases this test session made: the only ones it drops. Other sessions (another worktree,
+# CI jobs on one server) have their own, in use while this one ends.
+_created: set[str] = set()
 
 
 def pg_database_for(where: Path) -> str:
@@ -28,18 +31,18 @@ def pg_database_for(where: Path) -> str:
             pass
         except psycopg.errors.UniqueViolation:  # two processes creating it at once
             pass
+    _created.add(name)
     return with_database(PG_ADMIN, name)
 
 
 def drop_test_databases() -> None:
-    if not pg_server_available(PG_ADMIN):
-        return  # nothing was created on a server that is not there
+    """Drop the databases this session made (never another session's: it may be using them)."""
+    if not _created or not pg_server_available(PG_ADMIN):
+        return
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        names = admin.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", (PG_PREFIX + "%",)
-        ).fetchall()
-        for (name,) in names:
+        for name in sorted(_created):
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    _created.clear()
 
 
 def open_backend(backend: str, spec: TaskSpec, where: Path) -> Store:
