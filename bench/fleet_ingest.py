@@ -83,30 +83,17 @@ from bench.fleet_common import (
     wal_counters,
     write_task,
 )
+from robot_sac.store.postgres import SCHEMA as STORE_SCHEMA
 
 EPISODE_STEPS = 1000  # HalfCheetah: 1000-step episodes, truncated
 BATCH = 100
 GOAL_ONE_VS_RAW = 0.40
 GOAL_THREE_VS_ONE = 2.0
 
-# The store's transitions table (robot_sac/store/postgres.py), under another name.
-RAW_TABLE = """
-CREATE TABLE raw_transitions (
-    position BIGINT PRIMARY KEY,
-    robot_id TEXT NOT NULL,
-    episode_id TEXT NOT NULL,
-    step BIGINT NOT NULL,
-    obs BYTEA NOT NULL,
-    action BYTEA NOT NULL,
-    reward DOUBLE PRECISION NOT NULL,
-    next_obs BYTEA NOT NULL,
-    terminated SMALLINT NOT NULL,
-    truncated SMALLINT NOT NULL,
-    policy_version BIGINT,
-    received_at DOUBLE PRECISION NOT NULL,
-    UNIQUE (robot_id, episode_id, step)
-)
-"""
+# The store's own transitions table (columns, types, unique key), under another name.
+RAW_TABLE = next(
+    statement for statement in STORE_SCHEMA.split(";") if " transitions (" in statement
+).replace("IF NOT EXISTS transitions", "raw_transitions")
 COLUMNS = (
     "position, robot_id, episode_id, step, obs, action, reward, next_obs, terminated, "
     "truncated, policy_version, received_at"

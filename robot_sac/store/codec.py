@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -316,3 +317,46 @@ def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:
         truncated=np.asarray(truncated, bool),
         policy_version=np.asarray([-1 if v is None else v for v in version], np.int64),
     )
+
+
+def episode_tallies(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str, int], list[Any]]:
+    """What encoded rows add to their episodes' tallies, by ``(robot_id, episode_id, version)``:
+    ``[steps, reward sum, ended (0/1)]``. Versions are >= 0, so -1 stands for "the robot did
+    not say" (as in :class:`LogRows`): a NULL key column would match no upsert."""
+    tallies: dict[tuple[str, str, int], list[Any]] = {}
+    for r in rows:
+        key = (r[0], r[1], -1 if r[9] is None else r[9])
+        ends = 1 if r[7] or r[8] else 0
+        tally = tallies.get(key)
+        if tally is None:
+            tallies[key] = [1, r[5], ends]
+        else:
+            tally[0] += 1
+            tally[1] += r[5]
+            tally[2] |= ends
+    return tallies
+
+
+CONTROL_FIELDS = frozenset(("learner_paused", "mode", "pinned_version", "hold"))
+
+
+def check_control_changes(changes: dict[str, Any]) -> None:
+    """Refuse (``ValueError``) a control change naming an unknown field or mode."""
+    unknown = set(changes) - CONTROL_FIELDS
+    if unknown:
+        raise ValueError(f"unknown control fields {sorted(unknown)}")
+    if "mode" in changes and changes["mode"] not in ("follow", "pinned"):
+        raise ValueError("mode must be 'follow' or 'pinned'")
+
+
+class PendingBatch:
+    """One caller's encoded batch waiting in a backend's group commit; ``accepted`` (rows it
+    stored) or ``error`` are set before ``finished``."""
+
+    __slots__ = ("accepted", "error", "finished", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.accepted = 0
+        self.finished = threading.Event()
+        self.error: BaseException | None = None

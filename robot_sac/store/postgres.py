@@ -49,9 +49,12 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    PendingBatch,
+    check_control_changes,
     check_fingerprint,
     decode_rows,
     encode_rows,
+    episode_tallies,
     find_conflict,
     task_fingerprint,
 )
@@ -244,7 +247,6 @@ WHERE position > %s AND position < horizon.below
 ORDER BY position LIMIT %s
 """
 _POLICY_COLUMNS = "version, created_at, updates, sha256, metadata, registered_at"
-_CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -309,7 +311,7 @@ class PostgresStore(Store):
         self._listener_lock = threading.Lock()
         self._leader = threading.Lock()  # held by the caller writing a group of batches
         self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
+        self._queue: list[PendingBatch] = []
         self._closed = False
         try:
             psycopg.conninfo.conninfo_to_dict(url)
@@ -464,7 +466,7 @@ class PostgresStore(Store):
         # Group commit: batches that arrive while this process's transaction is under way are
         # written together by whichever caller leads next, in one transaction (one statement
         # per kind, one commit). Each caller returns once its own rows are committed.
-        pending = _Pending(rows)
+        pending = PendingBatch(rows)
         with self._queue_lock:
             self._queue.append(pending)
         if self._leader.acquire(timeout=self.busy_timeout_s):
@@ -490,7 +492,7 @@ class PostgresStore(Store):
             raise pending.error
         return pending.accepted, len(rows) - pending.accepted
 
-    def _commit_group(self, group: list[_Pending]) -> None:
+    def _commit_group(self, group: list[PendingBatch]) -> None:
         """Write ``group`` in one transaction. A batch that conflicts is refused alone: the
         transaction is rolled back and written again without it (conflicts are rare)."""
         live = list(group)
@@ -738,11 +740,7 @@ class PostgresStore(Store):
 
     @_store_errors
     def update_control(self, **changes: Any) -> ControlState:
-        unknown = set(changes) - _CONTROL_FIELDS
-        if unknown:
-            raise ValueError(f"unknown control fields {sorted(unknown)}")
-        if "mode" in changes and changes["mode"] not in ("follow", "pinned"):
-            raise ValueError("mode must be 'follow' or 'pinned'")
+        check_control_changes(changes)
         if changes:
             assignments = ", ".join(f"{k} = %s" for k in changes)
 
@@ -853,18 +851,6 @@ def stored_task(url: str, busy_timeout_s: float = 30.0) -> TaskSpec:
     return TaskSpec.model_validate_json(row[0])
 
 
-class _Pending:
-    """One caller's batch waiting to be committed (group commit)."""
-
-    __slots__ = ("accepted", "error", "finished", "rows")
-
-    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows = rows
-        self.accepted = 0
-        self.finished = threading.Event()
-        self.error: BaseException | None = None
-
-
 class _Refused(Exception):
     """Batches of a group conflict (by index in the group): roll back, write the others."""
 
@@ -873,7 +859,7 @@ class _Refused(Exception):
         self.conflicts = conflicts
 
 
-def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[_Pending]) -> list[int]:
+def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[PendingBatch]) -> list[int]:
     """Insert the batches of ``group``, in order, in the caller's transaction; how many rows each
     stored. Raises :class:`_Refused` naming the batches whose content conflicts.
 
@@ -936,17 +922,7 @@ def _stored_content(
 def _tally(conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
     """Add the rows just stored to their episodes' tallies, then refresh the ``episodes`` row of
     every ended episode among them (work in proportion to the batch, not to the log)."""
-    tallies: dict[tuple[str, str, int], list[Any]] = {}
-    for r in rows:
-        key = (r[0], r[1], -1 if r[9] is None else r[9])
-        ends = 1 if r[7] or r[8] else 0
-        tally = tallies.get(key)
-        if tally is None:
-            tallies[key] = [1, r[5], ends]
-        else:
-            tally[0] += 1
-            tally[1] += r[5]
-            tally[2] |= ends
+    tallies = episode_tallies(rows)
     conn.execute(
         _TALLY, [list(c) for c in zip(*(k + tuple(t) for k, t in tallies.items()), strict=True)]
     )

@@ -25,9 +25,12 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    PendingBatch,
+    check_control_changes,
     check_fingerprint,
     decode_rows,
     encode_rows,
+    episode_tallies,
     find_conflict,
     task_fingerprint,
 )
@@ -201,17 +204,7 @@ def _settle(
 def _tally(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Add the rows just stored to their episodes' tallies, and refresh the ``episodes`` row of
     every ended episode among them: work in proportion to the batch, not to the episodes."""
-    tallies: dict[tuple[str, str, int], list[Any]] = {}
-    for r in rows:
-        key = (r[0], r[1], -1 if r[9] is None else r[9])
-        ends = 1 if r[7] or r[8] else 0
-        tally = tallies.get(key)
-        if tally is None:
-            tallies[key] = [1, r[5], ends]
-        else:
-            tally[0] += 1
-            tally[1] += r[5]
-            tally[2] |= ends
+    tallies = episode_tallies(rows)
     conn.executemany(_UPSERT_TALLY, [(*key, *tally) for key, tally in tallies.items()])
     now = time.time()
     for robot_id, episode_id in sorted({(k[0], k[1]) for k in tallies}):
@@ -276,7 +269,6 @@ _STORED_HEAD = (
 )
 _MAX_STEPS_PER_LOOKUP = 500
 _COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
-_CONTROL_FIELDS = {"learner_paused", "mode", "pinned_version", "hold"}
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
@@ -286,18 +278,6 @@ def _check_pinnable(conn: sqlite3.Connection, version: int | None) -> None:
         return
     if conn.execute("SELECT 1 FROM policies WHERE version = ?", (int(version),)).fetchone() is None:
         raise UnknownVersion(f"policy version {version} does not exist")
-
-
-class _Pending:
-    """One caller's batch waiting to be committed (group commit)."""
-
-    __slots__ = ("accepted", "error", "finished", "rows")
-
-    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows = rows
-        self.accepted = 0
-        self.finished = threading.Event()
-        self.error: BaseException | None = None
 
 
 def _use_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -375,7 +355,7 @@ class SQLiteStore(Store):
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
+        self._queue: list[PendingBatch] = []
         self._closed = False
         try:
             self._init_schema()
@@ -517,7 +497,7 @@ class SQLiteStore(Store):
         # Group commit: batches that arrive while a commit is under way wait for the lock and
         # are then written by whichever thread gets it first, all in one transaction and one
         # fsync. Each caller still returns only once its own rows are durable.
-        pending = _Pending(rows)
+        pending = PendingBatch(rows)
         with self._queue_lock:
             self._queue.append(pending)
         started = time.monotonic()
@@ -542,7 +522,7 @@ class SQLiteStore(Store):
             raise pending.error
         return pending.accepted, len(rows) - pending.accepted
 
-    def _commit_group(self, group: list[_Pending], waited: float) -> None:
+    def _commit_group(self, group: list[PendingBatch], waited: float) -> None:
         """Write the batches of ``group`` in one transaction. A batch that conflicts with the log
         is rolled back alone (to its savepoint) and its caller told; the others commit."""
         several = len(group) > 1
@@ -807,11 +787,7 @@ class SQLiteStore(Store):
 
     @_store_errors
     def update_control(self, **changes: Any) -> ControlState:
-        unknown = set(changes) - _CONTROL_FIELDS
-        if unknown:
-            raise ValueError(f"unknown control fields {sorted(unknown)}")
-        if "mode" in changes and changes["mode"] not in ("follow", "pinned"):
-            raise ValueError("mode must be 'follow' or 'pinned'")
+        check_control_changes(changes)
         if changes:
             assignments = ", ".join(f"{k} = ?" for k in changes)
             values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
