@@ -60,8 +60,9 @@ SAFE = [0.5]
 TOKENS = {"ROBOT_SAC_ROBOT_TOKEN": ROBOT_TOKEN, "ROBOT_SAC_OPERATOR_TOKEN": OPERATOR_TOKEN}
 ROBOT = {"Authorization": f"Bearer {ROBOT_TOKEN}"}
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-# The learner publishes every 50 updates (utd 1: every 50 transitions past learning_starts).
-LEARNER_ENV = {"ROBOT_SAC_PUBLISH_EVERY": "50"}
+# The learner publishes every 50 updates (utd 1: every 50 transitions past learning_starts),
+# and keeps every version: the convergence test checks each one on every replica.
+LEARNER_ENV = {"ROBOT_SAC_PUBLISH_EVERY": "50", "ROBOT_SAC_KEEP_VERSIONS": "100000"}
 # The replicas poll the store only once a second (the most the setting allows), so what makes
 # them converge sooner is the store's announcements (LISTEN/NOTIFY): without them a hold or a
 # version would wait half a poll period on average (tests/test_store_postgres.py checks the
@@ -509,8 +510,11 @@ def test_every_replica_converges_on_each_new_version_within_a_second(fleet: Flee
         f"max {1000 * max(quiet):.0f} ms"
     )
     assert max(latencies.values()) < CONVERGE_S, latencies
-    # Announced: with the 1 s poll alone, about half of these would take more than 0.5 s.
-    assert max(quiet) < PROPAGATE_S, sorted(quiet)
+    # Announced: with the 1 s poll alone the median is 0.7 s (about half take more than 0.5 s);
+    # the median, not the maximum, is checked so that a moment of load on a shared CI machine
+    # cannot fail it (bench/fleet_propagation.py measures the tail).
+    assert float(np.median(quiet)) < PROPAGATE_S / 2, sorted(quiet)
+    assert max(quiet) < CONVERGE_S, sorted(quiet)
     for r in robots:
         assert not r.failures, r.failures
         assert r.acked
