@@ -225,7 +225,8 @@ def serve(
 ) -> None:
     """Run the inference service: actions over HTTP, the transition log, the operator's controls.
 
-    Tokens come from ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN; without them the service
+    Tokens come from ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN (and, for read-only
+    watchers of status, robots and policies, ROBOT_SAC_VIEWER_TOKEN); without them the service
     refuses to bind anything but loopback. API docs are served at /docs.
     """
     import logging

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     robot_token: SecretStr | None = None
     operator_token: SecretStr | None = None
+    viewer_token: SecretStr | None = Field(
+        default=None,
+        description="Optional read-only token: status, robots and policies, nothing else.",
+    )
     max_batch_size: int = Field(
         default=256, ge=1, description="Most observations in one forward pass."
     )
@@ -139,8 +143,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
-        robot, operator = self.robot_token, self.operator_token
-        for name, token in (("robot_token", robot), ("operator_token", operator)):
+        robot, operator, viewer = self.robot_token, self.operator_token, self.viewer_token
+        for name, token in (
+            ("robot_token", robot),
+            ("operator_token", operator),
+            ("viewer_token", viewer),
+        ):
             if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
                 raise ValueError(
                     f"{name} is empty or shorter than {MIN_TOKEN_LENGTH} characters: use a long "
@@ -155,6 +163,18 @@ class Settings(BaseSettings):
                 "robot_token and operator_token are the same: a robot could then hold, pin and "
                 "upload; give the operator a token of its own"
             )
+        if viewer is not None:
+            if operator is None:
+                raise ValueError(
+                    "viewer_token needs an operator_token too: a viewer only reads what an "
+                    "operator runs"
+                )
+            others = [t.get_secret_value() for t in (robot, operator) if t is not None]
+            if viewer.get_secret_value() in others:
+                raise ValueError(
+                    "viewer_token is the same as another token: a viewer could then act or "
+                    "operate; give it a token of its own"
+                )
         return self
 
     def token_warnings(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Who may do what: the token scopes, and what no-token mode refuses.
 
 Robot token: act, transitions, read the policy. Operator token: everything, ``/v1/admin/*`` too.
+Viewer token (optional): read the operator's status, robots and policies, nothing else.
 Tokens are compared in constant time, with both secrets every time, so the time an answer takes
 does not tell which one matched. With no tokens configured the service is for this machine only:
 it refuses a ``Host`` that is not a loopback name (a DNS-rebinding page) and an ``Origin`` other
@@ -20,11 +21,32 @@ from robot_sac.settings import Settings
 
 
 class Role(enum.IntEnum):
-    """What a route needs; a higher role may do everything a lower one may."""
+    """Who a token is, and what a route needs (see :data:`ALLOWED`)."""
 
     PUBLIC = 0
-    ROBOT = 1
-    OPERATOR = 2
+    VIEWER = 1  # reads the operator's views: status, robots, policies
+    ROBOT = 2
+    OPERATOR = 3
+
+
+# The roles that may use a route needing the key. Not a ladder: a viewer may read the
+# operator's status but not act, a robot may act but not read the operator's status.
+ALLOWED: dict[Role, frozenset[Role]] = {
+    Role.PUBLIC: frozenset(Role),
+    Role.VIEWER: frozenset({Role.VIEWER, Role.OPERATOR}),
+    Role.ROBOT: frozenset({Role.ROBOT, Role.OPERATOR}),
+    Role.OPERATOR: frozenset({Role.OPERATOR}),
+}
+
+_NEEDS = {
+    Role.VIEWER: "the viewer or operator token",
+    Role.ROBOT: "the robot or operator token",
+    Role.OPERATOR: "the operator token",
+}
+_CAN = {
+    Role.VIEWER: "the viewer token may only read status, robots and policies",
+    Role.ROBOT: "a robot token may not use it",
+}
 
 
 class Refusal(Exception):
@@ -72,15 +94,20 @@ def authenticate(settings: Settings, authorization: bytes | None, need: Role) ->
             BEARER,
             close=True,
         )
+    # Every secret is compared every time: how long this takes says nothing about which matched.
     robot = _matches(token, settings.robot_token)
     operator = _matches(token, settings.operator_token)
-    role = Role.OPERATOR if operator else (Role.ROBOT if robot else Role.PUBLIC)
-    if role == Role.PUBLIC:
+    viewer = _matches(token, settings.viewer_token)
+    if operator:
+        role = Role.OPERATOR
+    elif robot:
+        role = Role.ROBOT
+    elif viewer:
+        role = Role.VIEWER
+    else:
         raise Refusal(401, "invalid token", BEARER, close=True)
-    if role < need:
-        raise Refusal(
-            403, "this route needs the operator token; a robot token may not use it", close=True
-        )
+    if role not in ALLOWED[need]:
+        raise Refusal(403, f"this route needs {_NEEDS[need]}; {_CAN[role]}", close=True)
     return role
 
 

@@ -66,6 +66,16 @@ POLICIES: dict[tuple[str, str], RoutePolicy] = {
     ("POST", "/v1/admin/policies"): RoutePolicy(
         Role.OPERATOR, OCTET_TYPES, lambda s: s.max_upload_bytes, lambda s: s.upload_timeout_s
     ),
+    # What a viewer may read: the operator's views, nothing that changes anything.
+    **{
+        ("GET", path): RoutePolicy(
+            Role.VIEWER,
+            JSON_TYPES,
+            lambda s: min(ADMIN_BODY_BYTES, s.max_body_bytes),
+            _body_timeout,
+        )
+        for path in ("/v1/admin/status", "/v1/admin/policies", "/v1/admin/robots")
+    },
 }
 _ADMIN = RoutePolicy(
     Role.OPERATOR, JSON_TYPES, lambda s: min(ADMIN_BODY_BYTES, s.max_body_bytes), _body_timeout
