@@ -7,6 +7,7 @@ and it does so only inside the commands that need them, so ``import robot_sac.cl
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -526,6 +527,9 @@ def up(
                 "1",
                 "--publish-every",
                 str(publish_every),
+                # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
+                # (about 0.3 MB a version), unless the user chose their own retention.
+                *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
                 "--log-level",
                 "warning",
             ],
@@ -744,7 +748,6 @@ def plot(
 
     It reads the SQLite store in DATA_DIR, or the PostgreSQL store of a fleet (--store-url).
     """
-    import os
 
     import matplotlib
 
