@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from robot_sac import __version__
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.devices import resolve_device
-from robot_sac.schemas import ActBatchRequest, ActRequest, TaskSpec, TransitionsRequest
+from robot_sac.schemas import TaskSpec
+from robot_sac.services.inference import openapi
 from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.deps import AppState, store_refusal
 from robot_sac.services.inference.fast_path import FastPath
@@ -89,27 +90,6 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
         parts.append(f"{where}: {msg}" if where else msg)
     more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
     return 422, "; ".join(parts) + more
-
-
-# The hot routes read their bodies by hand (see fast_path.py), so FastAPI does not see these models;
-# their schemas are added to the OpenAPI components that the routes' request bodies refer to.
-REQUEST_BODIES = (ActRequest, ActBatchRequest, TransitionsRequest)
-
-
-def _document_request_bodies(app: FastAPI) -> None:
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in REQUEST_BODIES:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-        return app.openapi_schema  # type: ignore[return-value]
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -> FastAPI:
@@ -189,7 +169,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
     )
     for module in (act, transitions, policy, admin, health):
         app.include_router(module.router)
-    _document_request_bodies(app)
+    openapi.document(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,84 @@
+"""The OpenAPI schema declares the Bearer scheme where the guard asks for a token, and every
+error a route can give, in the one shape the service sends (``{"detail": "..."}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.servers import ThreadService
+from tests.test_roles import CONTRACT, PUBLIC
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.servers import start_thread_service
+
+    svc: ThreadService = start_thread_service(tmp_path_factory.mktemp("openapi") / "data")
+    try:
+        with svc.client() as client:
+            return client.get("/openapi.json").json()
+    finally:
+        svc.stop()
+
+
+def operation(schema: Any, method: str, path: str) -> Any:
+    return schema["paths"][path][method.lower()]
+
+
+def error_codes(op: Any) -> set[str]:
+    codes = set()
+    for code, response in op["responses"].items():
+        if code.startswith(("4", "5")):
+            assert response["content"]["application/json"]["schema"] == ERROR_REF, code
+            codes.add(code)
+    return codes
+
+
+def test_the_bearer_scheme_is_declared_with_the_error_shape(schema: Any) -> None:
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["detail"] and error["properties"]["detail"]["type"] == "string"
+    # FastAPI's own validation error shape is never sent, so it is not documented either.
+    assert "HTTPValidationError" not in str(schema)
+
+
+API_ROUTES = sorted(k for k in CONTRACT if not k[1].startswith(("/docs", "/redoc", "/openapi")))
+
+
+@pytest.mark.parametrize(("method", "path"), API_ROUTES)
+def test_routes_that_need_a_token_say_so_and_document_401_403_429(
+    schema: Any, method: str, path: str
+) -> None:
+    op = operation(schema, method, path)
+    if CONTRACT[(method, path)] == PUBLIC:
+        assert "security" not in op
+        assert not {"401", "403", "429"} & error_codes(op)
+    else:
+        assert op["security"] == [{"bearer": []}]
+        assert {"401", "403", "429"} <= error_codes(op)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "codes"),
+    [
+        ("POST", "/v1/act", {"408", "413", "415", "422", "503", "504"}),
+        ("POST", "/v1/transitions", {"408", "409", "413", "415", "422", "503"}),
+        ("POST", "/v1/admin/policies", {"413", "415", "422", "503"}),
+        ("POST", "/v1/admin/policy/pin", {"404", "422", "503"}),
+        ("GET", "/v1/policy/weights", {"404", "422", "503"}),
+        ("POST", "/v1/admin/release", {"503"}),
+    ],
+)
+def test_each_route_documents_the_errors_it_gives(
+    schema: Any, method: str, path: str, codes: set[str]
+) -> None:
+    assert codes <= error_codes(operation(schema, method, path))
+
+
+def test_the_hold_documents_no_store_error(schema: Any) -> None:
+    # It answers from memory whatever the store is doing.
+    assert "503" not in error_codes(operation(schema, "POST", "/v1/admin/hold"))
