@@ -1,8 +1,11 @@
 """The OpenAPI schema declares the Bearer scheme where the guard asks for a token, and every
-error a route can give, in the one shape the service sends (``{"detail": "..."}``)."""
+error a route can give, in the one shape the service sends (``{"detail": "..."}``); the docs
+pages load nothing from outside the service."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -82,3 +85,42 @@ def test_each_route_documents_the_errors_it_gives(
 def test_the_hold_documents_no_store_error(schema: Any) -> None:
     # It answers from memory whatever the store is doing.
     assert "503" not in error_codes(operation(schema, "POST", "/v1/admin/hold"))
+
+
+@pytest.fixture(scope="module")
+def docs_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadService]:
+    from tests.servers import start_thread_service
+
+    svc = start_thread_service(tmp_path_factory.mktemp("docs") / "data")
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_every_asset_from_the_service(
+    docs_service: ThreadService, page: str
+) -> None:
+    # An air-gapped lab has no CDN: every script, style and icon the page names is ours.
+    with docs_service.client() as client:
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assets = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", html.text)
+        assets += re.findall(r"""(?:url|Url)\s*:\s*['"]([^'"]+)['"]""", html.text)
+        assert assets, html.text
+        assert "://" not in html.text.replace("http://127.0.0.1", ""), html.text
+        for asset in assets:
+            if asset.startswith("/docs-assets/"):
+                r = client.get(asset)
+                assert r.status_code == 200 and len(r.content) > 500, asset
+        if page == "/docs":
+            assert "/openapi.json" in html.text and "/docs-assets/swagger-ui-bundle.js" in html.text
+        else:
+            assert "/docs-assets/redoc.standalone.js" in html.text
+
+
+def test_the_vendored_assets_ship_with_their_licences() -> None:
+    from robot_sac.services.inference.openapi import STATIC
+
+    names = {p.name for p in STATIC.iterdir()}
+    assert {"swagger-ui.LICENSE", "redoc.LICENSE", "swagger-ui.NOTICE"} <= names
+    assert {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"} <= names

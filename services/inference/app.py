@@ -165,11 +165,14 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         description="Actions from the current SAC policy, the durable transition log, and the "
         "operator's controls. Errors are JSON objects with a `detail` sentence.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own assets
+        redoc_url=None,
         **extra,
     )
     for module in (act, transitions, policy, admin, health):
         app.include_router(module.router)
     openapi.document(app)
+    openapi.serve_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,13 +4,22 @@
 - The Bearer security scheme, on every route the guard asks a token for (so ``/docs`` has an
   Authorize button), decided by the guard's own table.
 - Every error a route can give, each with the one shape every error has: ``{"detail": "..."}``.
+- ``/docs`` and ``/redoc`` pages whose assets are shipped in the package (``static/``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from robot_sac.schemas import ActBatchRequest, ActRequest, TransitionsRequest
 from robot_sac.services.inference.auth import Role
@@ -120,3 +129,42 @@ def document(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# /docs and /redoc load their scripts and styles from here: no CDN (labs are often offline).
+STATIC = Path(__file__).parent / "static"
+ASSETS = "/docs-assets"
+
+
+def serve_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI, with Authorize), ``/docs/oauth2-redirect`` and ``/redoc``, from
+    the assets shipped in the package (create the app with ``docs_url=None, redoc_url=None``)."""
+    title = f"{app.title} - API"
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    async def swagger(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=title,
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+        )
+
+    async def oauth2_redirect(request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=title,
+            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+
+    app.mount(ASSETS, StaticFiles(directory=STATIC), name="docs-assets")
+    app.add_route("/docs", swagger, include_in_schema=False)
+    app.add_route("/docs/oauth2-redirect", oauth2_redirect, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
