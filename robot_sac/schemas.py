@@ -119,10 +119,24 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_OBS = "The robot's observation now: obs_dim finite numbers, as the task defines them."
+_DETERMINISTIC = (
+    "true: the policy's mean action (evaluation); false (default): a sample, which explores."
+)
+_ROBOT_ID = "Which robot asks (optional): names it in the status and the operator's views."
+
+
 class ActRequest(_Request):
-    obs: Vector
-    deterministic: Annotated[bool, Field(strict=True)] = False
-    robot_id: Identifier | None = None
+    """``POST /v1/act``: one observation, one action back."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"obs": [0.12, -0.4, 0.05], "robot_id": "arm-1"}]},
+    )
+
+    obs: Annotated[Vector, Field(description=_OBS)]
+    deterministic: Annotated[bool, Field(strict=True, description=_DETERMINISTIC)] = False
+    robot_id: Annotated[Identifier | None, Field(description=_ROBOT_ID)] = None
 
 
 class ActResponse(BaseModel):
@@ -132,9 +146,21 @@ class ActResponse(BaseModel):
 
 
 class ActBatchRequest(_Request):
-    obs: Annotated[list[Vector], Field(min_length=1, max_length=4096)]
-    deterministic: Annotated[bool, Field(strict=True)] = False
-    robot_id: Identifier | None = None
+    """``POST /v1/act/batch``: several observations (robots, or one robot's candidates) at once."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"obs": [[0.12, -0.4, 0.05], [0.0, 0.3, -0.1]]}]},
+    )
+
+    obs: Annotated[
+        list[Vector],
+        Field(
+            min_length=1, max_length=4096, description="1 to 4096 observations, each as in /v1/act."
+        ),
+    ]
+    deterministic: Annotated[bool, Field(strict=True, description=_DETERMINISTIC)] = False
+    robot_id: Annotated[Identifier | None, Field(description=_ROBOT_ID)] = None
 
 
 class ActBatchResponse(BaseModel):
@@ -146,20 +172,72 @@ class ActBatchResponse(BaseModel):
 class Transition(_Request):
     """One step of one robot; ``(robot_id, episode_id, step)`` identifies it (idempotency key)."""
 
-    robot_id: Identifier
-    episode_id: Identifier
-    step: Annotated[int, Field(strict=True, ge=0, le=2**62)]
-    obs: Vector
-    action: Vector
-    reward: FiniteFloat
-    next_obs: Vector
-    terminated: Annotated[bool, Field(strict=True)]
-    truncated: Annotated[bool, Field(strict=True)]
-    policy_version: Version | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "robot_id": "arm-1",
+                    "episode_id": "2026-11-30T14:02:11-0001",
+                    "step": 17,
+                    "obs": [0.12, -0.4, 0.05],
+                    "action": [0.3, -0.1],
+                    "reward": -0.25,
+                    "next_obs": [0.13, -0.38, 0.05],
+                    "terminated": False,
+                    "truncated": False,
+                    "policy_version": 7,
+                }
+            ]
+        },
+    )
+
+    robot_id: Annotated[Identifier, Field(description="The robot that took the step.")]
+    episode_id: Annotated[
+        Identifier, Field(description="The episode, unique for this robot (a time stamp will do).")
+    ]
+    step: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=0,
+            le=2**62,
+            description="The step's index in its episode (0 first). With robot_id and "
+            "episode_id it is the key: a retry with the same content is a duplicate, with "
+            "other content a 409.",
+        ),
+    ]
+    obs: Annotated[Vector, Field(description="The observation the action was chosen for.")]
+    action: Annotated[
+        Vector, Field(description="The action the robot took, in its own units (action_dim).")
+    ]
+    reward: Annotated[FiniteFloat, Field(description="The reward the step earned.")]
+    next_obs: Annotated[Vector, Field(description="The observation after the step.")]
+    terminated: Annotated[
+        bool,
+        Field(strict=True, description="The task ended (success or failure): no bootstrapping."),
+    ]
+    truncated: Annotated[
+        bool,
+        Field(
+            strict=True,
+            description="The episode was cut short (time limit, operator stop): the learner "
+            "bootstraps through it.",
+        ),
+    ]
+    policy_version: Annotated[
+        Version | None,
+        Field(description="The version whose answer the robot acted on (from /v1/act)."),
+    ] = None
 
 
 class TransitionsRequest(_Request):
-    transitions: Annotated[list[Transition], Field(min_length=1, max_length=10_000)]
+    """``POST /v1/transitions``: a batch of steps, stored durably before the answer."""
+
+    transitions: Annotated[
+        list[Transition],
+        Field(min_length=1, max_length=10_000, description="1 to 10,000 steps, any robots."),
+    ]
 
 
 class TransitionsResponse(BaseModel):

@@ -124,3 +124,18 @@ def test_the_vendored_assets_ship_with_their_licences() -> None:
     names = {p.name for p in STATIC.iterdir()}
     assert {"swagger-ui.LICENSE", "redoc.LICENSE", "swagger-ui.NOTICE"} <= names
     assert {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"} <= names
+
+
+@pytest.mark.parametrize("model", ["ActRequest", "ActBatchRequest", "Transition"])
+def test_every_field_a_robot_sends_is_described_and_the_examples_are_valid(
+    schema: Any, model: str
+) -> None:
+    from robot_sac import schemas
+
+    component = schema["components"]["schemas"][model]
+    for name, field in component["properties"].items():
+        assert field.get("description"), f"{model}.{name} has no description"
+    examples = component["examples"]
+    assert examples
+    for example in examples:  # an example a robot copies must be accepted
+        getattr(schemas, model).model_validate(example)
