@@ -106,6 +106,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         )
         metrics = ServiceMetrics()
         metrics.watch_learner(st.learner_status)
+        metrics.watch_episodes(lambda: st.episodes_by_version(recent=0))
         serving = ServingState(spec, st, device, metrics, settings.policy_poll_s)
         batcher = MicroBatcher(
             serving,

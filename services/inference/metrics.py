@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from robot_sac.store import VersionEpisodes
+
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -93,6 +95,10 @@ class ServiceMetrics:
         """Expose the learner's status row (read from the store at each scrape) as gauges."""
         self.registry.register(_LearnerCollector(learner_status))
 
+    def watch_episodes(self, episodes: Callable[[], list[VersionEpisodes]]) -> None:
+        """Expose episode return (and success) of the newest versions, read at each scrape."""
+        self.registry.register(_EpisodeCollector(episodes))
+
     # Looking a labelled child up costs a lock and a dict per call; the hot paths keep them.
     def request_counter(self, route: str, status: str) -> Any:
         key = ("requests", route, status)
@@ -160,5 +166,47 @@ class _LearnerCollector(Collector):
             "robot_sac_learner_loss", "The learner's last losses.", labels=["loss"]
         )
         for name, value in (status.get("losses") or {}).items():
-            losses.add_metric([name], float(value))
+            if isinstance(value, int | float):  # a skipped update's non-finite loss is null
+                losses.add_metric([name], float(value))
         yield losses
+
+
+class _EpisodeCollector(Collector):
+    """Episode return, success and count of the :data:`VERSIONS` newest versions that drove
+    episodes, labelled by version (a bounded set of series: older versions drop out)."""
+
+    VERSIONS = 10
+
+    def __init__(self, episodes: Callable[[], list[VersionEpisodes]]) -> None:
+        self.episodes = episodes
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        newest = self.episodes()[-self.VERSIONS :]
+        mean = GaugeMetricFamily(
+            "robot_sac_episode_return",
+            "Mean return of the episodes each version drove (the newest versions).",
+            labels=["version"],
+        )
+        count = GaugeMetricFamily(
+            "robot_sac_episodes",
+            "Episodes each version drove (the newest versions).",
+            labels=["version"],
+        )
+        success = GaugeMetricFamily(
+            "robot_sac_episode_success_rate",
+            "Share of each version's episodes that met the task's success threshold.",
+            labels=["version"],
+        )
+        for e in newest:
+            label = [str(e.version)]
+            count.add_metric(label, float(e.episodes))
+            if e.mean_return is not None:
+                mean.add_metric(label, float(e.mean_return))
+            if e.success_rate is not None:
+                success.add_metric(label, float(e.success_rate))
+        yield mean
+        yield count
+        yield success
