@@ -1071,6 +1071,62 @@ def test_update_control_refuses_bad_changes_and_changes_nothing(
     assert store.control() == before
 
 
+def test_robots_are_held_and_released_one_by_one_and_it_persists(make_store: MakeStore) -> None:
+    store = make_store()
+    state = store.update_control(robots={"arm-1": True, "arm-2": True})
+    assert state.held_robots == {"arm-1", "arm-2"} and not state.hold
+    assert state.holds("arm-1") and not state.holds("arm-3") and not state.holds(None)
+    # Holding one already held, and a field change beside a release, touch nothing else.
+    state = store.update_control(robots={"arm-2": True, "arm-1": False}, learner_paused=True)
+    assert state == ControlState(True, "follow", None, False, frozenset({"arm-2"}))
+    assert store.update_control(hold=True).held_robots == {"arm-2"}  # the hold for all beside
+    store.close()
+    store = make_store()
+    assert store.control() == ControlState(True, "follow", None, True, frozenset({"arm-2"}))
+    assert store.control().holds("anyone")
+    # Releasing a robot that is not held is a no-op, not an error.
+    assert store.update_control(robots={"arm-9": False}).held_robots == {"arm-2"}
+
+
+def test_concurrent_robot_holds_from_two_connections_are_all_kept(make_store: MakeStore) -> None:
+    # Two replicas holding different robots at once: neither hold may overwrite the other (a set
+    # written whole would lose one).
+    first, second = make_store(), make_store()
+    errors: list[BaseException] = []
+
+    def hold_all(store: Store, prefix: str) -> None:
+        try:
+            for i in range(20):
+                store.update_control(robots={f"{prefix}-{i}": True})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=hold_all, args=(s, p)) for s, p in ((first, "a"), (second, "b"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    expected = {f"{p}-{i}" for p in "ab" for i in range(20)}
+    assert first.control().held_robots == second.control().held_robots == expected
+    second.close()
+
+
+@pytest.mark.parametrize(
+    "robots",
+    [{"": True}, {"x" * 129: True}, {"arm-1": 1}],
+    ids=["empty_id", "long_id", "not_a_bool"],
+)
+def test_bad_robot_holds_are_refused_and_change_nothing(
+    store: Store, robots: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="robot"):
+        store.update_control(robots=robots, hold=True)
+    assert store.control() == ControlState()
+
+
 def test_learner_status_round_trip_with_heartbeat_and_persists(make_store: MakeStore) -> None:
     store = make_store()
     assert store.learner_status() is None

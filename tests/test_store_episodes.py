@@ -94,7 +94,7 @@ def test_a_schema_1_store_is_migrated_on_open_and_its_episodes_stay_right(
 
     with open_store(SPEC, data) as store:
         version, tables = schema_of(path)
-        assert version == SCHEMA_VERSION == 2 and "episode_tallies" in tables
+        assert version == SCHEMA_VERSION == 3 and {"episode_tallies", "robot_holds"} <= set(tables)
         # more rows for every episode: a late step of an ended one, the end of a running one,
         # and one that moves the vote of a mixed one to a tie (the newer version wins)
         store.append([step(5, episode="a", reward=10.0, version=1)])
@@ -117,10 +117,10 @@ def test_a_store_of_an_unknown_newer_schema_is_refused_untouched(tmp_path: Path)
     data = tmp_path / "data"
     open_store(SPEC, data).close()
     with closing(sqlite3.connect(data / "store.sqlite", isolation_level=None)) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="has schema 3"):
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="has schema 4"):
         open_store(SPEC, data)
-    assert schema_of(data / "store.sqlite")[0] == 3
+    assert schema_of(data / "store.sqlite")[0] == 4
 
 
 def test_episodes_follow_random_traffic_with_late_steps_and_retries(tmp_path: Path) -> None:

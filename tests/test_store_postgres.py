@@ -149,10 +149,24 @@ def test_the_schema_version_is_recorded_and_a_newer_one_is_refused(
     store: PostgresStore, url: str
 ) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
-        conn.execute("UPDATE schema_version SET version = 2")
-    with pytest.raises(StoreError, match="schema 2"):
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        conn.execute("UPDATE schema_version SET version = 3")
+    with pytest.raises(StoreError, match="schema 3"):
         open_store(SPEC, url=url)
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_state(
+    store: PostgresStore, url: str
+) -> None:
+    store.update_control(learner_paused=True)
+    with psycopg.connect(url, autocommit=True) as conn:  # what robot_sac wrote before robot holds
+        conn.execute("DROP TABLE robot_holds")
+        conn.execute("UPDATE schema_version SET version = 1")
+    with open_store(SPEC, url=url) as reopened:
+        assert reopened.control().learner_paused
+        assert reopened.update_control(robots={"arm-1": True}).held_robots == {"arm-1"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_connections_cut_by_the_server_are_replaced_without_losing_a_call(

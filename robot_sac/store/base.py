@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from robot_sac.schemas import TaskSpec
@@ -105,11 +105,15 @@ class Store(abc.ABC):
     def control(self) -> ControlState: ...
 
     @abc.abstractmethod
-    def update_control(self, **changes: Any) -> ControlState:
+    def update_control(
+        self, robots: Mapping[str, bool] | None = None, **changes: Any
+    ) -> ControlState:
         """Change some fields of the control state atomically; return the new state.
 
-        Pinning a version that is not registered (``pinned_version``) raises
-        :class:`UnknownVersion` and changes nothing.
+        ``robots`` holds (``True``) or releases (``False``) robots one by one, in the same
+        transaction; a hold or release of one robot never touches another's. Pinning a version
+        that is not registered (``pinned_version``) raises :class:`UnknownVersion` and changes
+        nothing.
         """
 
     @abc.abstractmethod

@@ -10,7 +10,7 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -347,6 +347,19 @@ def check_control_changes(changes: dict[str, Any]) -> None:
         raise ValueError(f"unknown control fields {sorted(unknown)}")
     if "mode" in changes and changes["mode"] not in ("follow", "pinned"):
         raise ValueError("mode must be 'follow' or 'pinned'")
+
+
+# Robots that may be held one by one (beyond it, hold them all): the set is read on every act.
+MAX_HELD_ROBOTS = 4096
+
+
+def check_robot_holds(robots: Mapping[str, bool] | None) -> None:
+    """Refuse (``ValueError``) a change of robot holds that is not ``{robot_id: held}``."""
+    for robot_id, held in (robots or {}).items():
+        if not isinstance(robot_id, str) or not 1 <= len(robot_id) <= 128:
+            raise ValueError("a robot id is a string of 1 to 128 characters")
+        if not isinstance(held, bool):
+            raise ValueError(f"robot {robot_id!r}: held must be true or false")
 
 
 class PendingBatch:

@@ -36,7 +36,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ from robot_sac.store.codec import (
     PendingBatch,
     check_control_changes,
     check_fingerprint,
+    check_robot_holds,
     decode_rows,
     encode_rows,
     episode_tallies,
@@ -73,7 +74,9 @@ from robot_sac.store.records import (
 )
 
 # The database's schema; the ``schema_version`` table records which one it has.
-SCHEMA_VERSION = 1
+# 2 added robot_holds (the robots held one by one); an older robot_sac refuses a newer schema
+# rather than ignore its holds.
+SCHEMA_VERSION = 2
 # Positions are ``transaction id << ROW_BITS | index in the batch``: up to 2**20 rows a batch.
 ROW_BITS = 20
 MAX_ROWS_PER_APPEND = 1 << ROW_BITS
@@ -148,6 +151,10 @@ CREATE TABLE IF NOT EXISTS control (
     pinned_version BIGINT,
     hold BOOLEAN NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS robot_holds (
+    robot_id TEXT PRIMARY KEY,
+    held_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS replicas (
     replica TEXT PRIMARY KEY,
@@ -426,8 +433,12 @@ class PostgresStore(Store):
                 (SCHEMA_VERSION,),
             )
             (schema,) = conn.execute("SELECT version FROM schema_version").fetchone()  # type: ignore[misc]
+            if schema == 1:
+                # Schema 2 adds robot_holds, created empty above. Later schemas add their
+                # migrations here, each one step up, in this transaction.
+                conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+                schema = SCHEMA_VERSION
             if schema != SCHEMA_VERSION:
-                # Later schemas add their migrations here, each one step up, in this transaction.
                 raise StoreError(
                     f"{self.where} has robot_sac schema {schema}; this version of robot_sac "
                     f"reads schema {SCHEMA_VERSION}"
@@ -729,26 +740,47 @@ class PostgresStore(Store):
     # --- control state and learner status ---------------------------------------------------
     @_store_errors
     def control(self) -> ControlState:
+        # One statement, so the row and the held robots come from one snapshot.
         row = self._run(
             lambda c: c.execute(
-                "SELECT learner_paused, mode, pinned_version, hold FROM control WHERE id = 1"
+                "SELECT learner_paused, mode, pinned_version, hold, "
+                "ARRAY(SELECT robot_id FROM robot_holds) FROM control WHERE id = 1"
             ).fetchone(),
             write=False,
         )
-        paused, mode, pinned, hold = row
-        return ControlState(bool(paused), mode, None if pinned is None else int(pinned), bool(hold))
+        paused, mode, pinned, hold, robots = row
+        return ControlState(
+            bool(paused),
+            mode,
+            None if pinned is None else int(pinned),
+            bool(hold),
+            frozenset(robots),
+        )
 
     @_store_errors
-    def update_control(self, **changes: Any) -> ControlState:
+    def update_control(
+        self, robots: Mapping[str, bool] | None = None, **changes: Any
+    ) -> ControlState:
         check_control_changes(changes)
-        if changes:
-            assignments = ", ".join(f"{k} = %s" for k in changes)
+        check_robot_holds(robots)
+        if changes or robots:
+            assignments = "".join(f"{k} = %s, " for k in changes)
 
             def write(conn: psycopg.Connection[Any]) -> None:
+                now = time.time()
                 conn.execute(
-                    f"UPDATE control SET {assignments}, updated_at = %s WHERE id = 1",  # type: ignore[arg-type]
-                    (*changes.values(), time.time()),
+                    f"UPDATE control SET {assignments}updated_at = %s WHERE id = 1",  # type: ignore[arg-type]
+                    (*changes.values(), now),
                 )
+                for robot_id, held in (robots or {}).items():
+                    if held:
+                        conn.execute(
+                            "INSERT INTO robot_holds (robot_id, held_at) VALUES (%s, %s) "
+                            "ON CONFLICT (robot_id) DO NOTHING",
+                            (robot_id, now),
+                        )
+                    else:
+                        conn.execute("DELETE FROM robot_holds WHERE robot_id = %s", (robot_id,))
                 # After the update took the control row's lock (see delete_policies).
                 pinned = changes.get("pinned_version")
                 if pinned is not None and (

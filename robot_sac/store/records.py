@@ -113,7 +113,13 @@ class ControlState:
     learner_paused: bool = False
     mode: str = "follow"  # "follow": serve the newest version; "pinned": serve pinned_version
     pinned_version: int | None = None
-    hold: bool = False
+    hold: bool = False  # every robot is held
+    # Robots held one by one, besides the hold for all (acts naming one answer the safe action).
+    held_robots: frozenset[str] = frozenset()
+
+    def holds(self, robot_id: str | None) -> bool:
+        """Whether an act from ``robot_id`` (None: unnamed) answers the safe action."""
+        return self.hold or (robot_id is not None and robot_id in self.held_robots)
 
 
 @dataclasses.dataclass(frozen=True)

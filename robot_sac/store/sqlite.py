@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from itertools import chain
@@ -28,6 +28,7 @@ from robot_sac.store.codec import (
     PendingBatch,
     check_control_changes,
     check_fingerprint,
+    check_robot_holds,
     decode_rows,
     encode_rows,
     episode_tallies,
@@ -48,8 +49,9 @@ from robot_sac.store.records import (
     VersionEpisodes,
 )
 
-# The SQLite file's schema: 2 added the episode tallies (migrated from 1 on open).
-SCHEMA_VERSION = 2
+# The SQLite file's schema: 2 added the episode tallies, 3 the robots held one by one
+# (migrated on open; an older robot_sac refuses a newer file rather than ignore its holds).
+SCHEMA_VERSION = 3
 
 # Portable SQL: the PostgreSQL backend runs the same statements with BIGSERIAL/BYTEA types.
 SCHEMA = """
@@ -105,6 +107,10 @@ CREATE TABLE IF NOT EXISTS control (
     pinned_version INTEGER,
     hold INTEGER NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS robot_holds (
+    robot_id TEXT PRIMARY KEY,
+    held_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS replicas (
     replica TEXT PRIMARY KEY,
@@ -465,9 +471,11 @@ class SQLiteStore(Store):
             # Refused here, inside the transaction, a wrong store is left as it was.
             check_fingerprint(meta["task"], self.spec, str(self.data_dir))
             schema = int(meta["schema_version"])
-            if schema == 1:
-                # Schema 2 adds the episode tallies: computed once from the stored rows.
-                c.execute(_BACKFILL_TALLIES)
+            if schema in (1, 2):
+                if schema == 1:
+                    # Schema 2 adds the episode tallies: computed once from the stored rows.
+                    c.execute(_BACKFILL_TALLIES)
+                # Schema 3 adds robot_holds, created empty above.
                 c.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(SCHEMA_VERSION),),
@@ -778,25 +786,41 @@ class SQLiteStore(Store):
     # --- control state and learner status ---------------------------------------------------
     @_store_errors
     def control(self) -> ControlState:
-        paused, mode, pinned, hold = (
+        # One statement, so the row and the held robots come from one snapshot.
+        paused, mode, pinned, hold, robots = (
             self._conn()
-            .execute("SELECT learner_paused, mode, pinned_version, hold FROM control WHERE id = 1")
+            .execute(
+                "SELECT learner_paused, mode, pinned_version, hold, "
+                "(SELECT json_group_array(robot_id) FROM robot_holds) FROM control WHERE id = 1"
+            )
             .fetchone()
         )
-        return ControlState(bool(paused), mode, pinned, bool(hold))
+        return ControlState(bool(paused), mode, pinned, bool(hold), frozenset(json.loads(robots)))
 
     @_store_errors
-    def update_control(self, **changes: Any) -> ControlState:
+    def update_control(
+        self, robots: Mapping[str, bool] | None = None, **changes: Any
+    ) -> ControlState:
         check_control_changes(changes)
-        if changes:
-            assignments = ", ".join(f"{k} = ?" for k in changes)
+        check_robot_holds(robots)
+        if changes or robots:
+            assignments = "".join(f"{k} = ?, " for k in changes)
             values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+            now = time.time()
             with self._write() as c:
                 _check_pinnable(c, changes.get("pinned_version"))
                 c.execute(
-                    f"UPDATE control SET {assignments}, updated_at = ? WHERE id = 1",
-                    (*values, time.time()),
+                    f"UPDATE control SET {assignments}updated_at = ? WHERE id = 1", (*values, now)
                 )
+                for robot_id, held in (robots or {}).items():
+                    if held:
+                        c.execute(
+                            "INSERT INTO robot_holds (robot_id, held_at) VALUES (?, ?) "
+                            "ON CONFLICT (robot_id) DO NOTHING",
+                            (robot_id, now),
+                        )
+                    else:
+                        c.execute("DELETE FROM robot_holds WHERE robot_id = ?", (robot_id,))
         return self.control()
 
     @_store_errors
