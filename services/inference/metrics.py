@@ -67,6 +67,11 @@ class ServiceMetrics:
         self.hold = Gauge(
             "robot_sac_hold", "1 while every act answers the safe action.", registry=r
         )
+        self.held_robots = Gauge(
+            "robot_sac_held_robots",
+            "Robots held one by one (besides the hold for every robot).",
+            registry=r,
+        )
         self.hold_persisted = Gauge(
             "robot_sac_hold_persisted",
             "1 when the store holds the hold state acts answer with; 0 while a hold pressed "
