@@ -9,7 +9,7 @@
 (() => {
   const REFRESH_MS = 2000;
   const TOKEN_KEY = 'robot_sac.token';
-  const VERSIONS_SHOWN = 20; // newest versions listed before "Show all versions"
+  const VERSIONS_SHOWN = 12; // newest versions listed before "Show all versions"
   const DASH = '—'; // what a missing or null figure shows
 
   const $ = (id) => document.getElementById(id);
