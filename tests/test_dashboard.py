@@ -58,10 +58,6 @@ ROBOTS = ("arm-1", "arm-2", "arm-3")
 VERSIONS_WITH_EPISODES = 6
 
 T = TypeVar("T")
-# Selenium imports trio, which hands Hypothesis a PRNG it cannot track: a warning about trio.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:It looks like `register_random`:hypothesis.errors.HypothesisWarning"
-)
 
 
 def wait_for(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float, what: str) -> T:
