@@ -62,8 +62,8 @@ def test_utd_effective_env_steps_and_data_age_on_a_controlled_run(
     learner = make_learner(tmp_path / "data", store)  # its window starts at 300 env steps
     try:
         status = learner.status()
-        assert status["env_steps"] == status["transitions_consumed"] == 300
-        assert status["utd_effective"] is None  # nothing consumed since the window began
+        assert status.env_steps == status.transitions_consumed == 300
+        assert status.utd_effective is None  # nothing consumed since the window began
         # 300 more: 600 - 200 = 400 updates are due, all made while 300 transitions came in
         store.append(transitions(300, 300))
         learner.run(lambda: False, max_updates=400)
@@ -77,22 +77,22 @@ def test_utd_effective_env_steps_and_data_age_on_a_controlled_run(
         # learner's lifetime ratio, 500 / 600, would be wrong)
         store.append(transitions(600, 100))
         learner.run(lambda: False, max_updates=500)
-        assert learner.status()["utd_effective"] == pytest.approx(500 / 400, abs=1e-4)
+        assert learner.status().utd_effective == pytest.approx(500 / 400, abs=1e-4)
 
         # data age: the learner has read the whole log lately, and it grows while it does not look
-        fresh = learner.status()["data_age_s"]
+        fresh = learner.status().data_age_s
         assert fresh is not None and 0.0 <= fresh < 1.0
         time.sleep(0.6)
-        stale = learner.status()["data_age_s"]
+        stale = learner.status().data_age_s
         assert stale >= 0.6
         # a pull is due: it reads the log again and has all of it. No robot sent anything: idle
         # robots do not age it, the learner has all there is
         learner.step()
-        assert learner.status()["data_age_s"] < 0.3
+        assert learner.status().data_age_s < 0.3
         store.append(transitions(700, 1))
         time.sleep(0.05)
         learner.step()
-        assert learner.status()["data_age_s"] < 0.3 and learner.status()["env_steps"] == 701
+        assert learner.status().data_age_s < 0.3 and learner.status().env_steps == 701
     finally:
         learner.close()
 
@@ -102,9 +102,9 @@ def test_data_age_is_reported_from_the_replay_rebuild_and_none_before(
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     learner = Learner(settings, TASK, store, torch.device("cpu"), tensorboard=False)
-    assert learner.status()["data_age_s"] is None  # it has not read the log yet
+    assert learner.status().data_age_s is None  # it has not read the log yet
     learner.start()  # rebuilding the replay buffer reads the log to its end
-    age = learner.status()["data_age_s"]
+    age = learner.status().data_age_s
     assert age is not None and 0.0 <= age < 1.0
     learner.close()
 

@@ -81,9 +81,18 @@ def test_a_robots_hold_survives_a_restart(tmp_path: Path) -> None:
         again.stop()
 
 
-def test_a_robots_hold_reaches_another_service_on_the_same_store(tmp_path: Path) -> None:
-    first = start_thread_service(tmp_path / "data", policy_poll_s=0.1)
-    second = start_thread_service(tmp_path / "data", policy_poll_s=0.1)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_robots_hold_reaches_another_service_on_the_same_store(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # Two replicas: on one data directory (SQLite), or two hosts' directories and one database.
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+        first = start_thread_service(tmp_path / "a", store_url=url, policy_poll_s=1.0)
+        second = start_thread_service(tmp_path / "b", store_url=url, policy_poll_s=1.0)
+    else:
+        first = start_thread_service(tmp_path / "data", policy_poll_s=0.1)
+        second = start_thread_service(tmp_path / "data", policy_poll_s=0.1)
     try:
         first.client().post("/v1/admin/hold", json={"robot_id": "arm-1"})
         c = second.client()

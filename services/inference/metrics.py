@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.store import VersionEpisodes
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -165,8 +166,9 @@ class _LearnerCollector(Collector):
         return []  # collected lazily; nothing to declare at registration
 
     def collect(self) -> Iterator[Any]:
-        status = self.learner_status()
-        age = None if status is None else time.time() - float(status.get("heartbeat", 0.0))
+        row = self.learner_status()
+        status = None if row is None else LearnerStatus.model_validate(row)
+        age = None if status is None else time.time() - status.heartbeat
         up = GaugeMetricFamily("robot_sac_learner_up", "1 while the learner's heartbeat is fresh.")
         up.add_metric([], 1.0 if age is not None and age <= 5.0 else 0.0)
         yield up
@@ -180,15 +182,15 @@ class _LearnerCollector(Collector):
         faulted = GaugeMetricFamily(
             "robot_sac_learner_faulted", "1 while the learner reports that it cannot go on."
         )
-        faulted.add_metric([], 1.0 if status.get("state") == "faulted" else 0.0)
+        faulted.add_metric([], 1.0 if status.state == "faulted" else 0.0)
         yield faulted
         for key, (name, doc) in self.GAUGES.items():
-            value = status.get(key)
+            value = getattr(status, key)
             if isinstance(value, int | float):
                 family = GaugeMetricFamily(f"robot_sac_learner_{name}", doc)
                 family.add_metric([], float(value))
                 yield family
-        data_age = status.get("data_age_s")
+        data_age = status.data_age_s
         if isinstance(data_age, int | float):
             stale = GaugeMetricFamily(
                 "robot_sac_learner_data_age_seconds",
@@ -200,7 +202,7 @@ class _LearnerCollector(Collector):
         losses = GaugeMetricFamily(
             "robot_sac_learner_loss", "The learner's last losses.", labels=["loss"]
         )
-        for name, value in (status.get("losses") or {}).items():
+        for name, value in status.losses.items():
             if isinstance(value, int | float):  # a skipped update's non-finite loss is null
                 losses.add_metric([name], float(value))
         yield losses

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.policy import PolicyFileError, check_task, load_policy, policy_bytes
 from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuffer, sane_rows
 from robot_sac.sac import SAC
@@ -484,7 +485,7 @@ class Learner:
         self.fault = reason
         log.error("learner faulted: %s; it stops updating and publishing", reason)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LearnerStatus:
         """The status row written at every heartbeat (the fields are described in the module's
         docstring); it also advances the window the effective update-to-data ratio looks at."""
         now = time.monotonic()
@@ -506,45 +507,49 @@ class Learner:
             state = "faulted"
         else:
             state = "paused" if self.paused else ("waiting" if waiting else "running")
-        return {
-            "state": state,
-            "updates": self.sac.updates,
-            "updates_per_s": round(self.updates_per_s, 2),
-            "replay_size": len(self.replay),
-            "transitions_consumed": self.counters.consumed,
-            "env_steps": self.counters.consumed,  # one count, named for the learning curves
-            "log_position": self.counters.position,
-            "losses": {
-                k: stats[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha") if k in stats
-            },
-            "alpha": stats.get("alpha"),
-            "entropy": stats.get("entropy"),
-            "q_mean": stats.get("q_mean"),
-            "latest_version": self.latest_version,
-            "data_age_updates": self.data_age_updates,
-            "data_age_s": None if data_age_s is None else round(data_age_s, 3),
-            "utd": self.cfg.utd,
-            "utd_effective": None if utd_effective is None else round(utd_effective, 4),
-            "learning_starts": self.cfg.learning_starts,
-            "device": str(self.device),
-            "quarantined_rows": self.counters.quarantined_rows,
-            "quarantined_positions": list(self.counters.quarantined_positions),
-            "skipped_updates": int(self.sac.skipped_updates),  # one device sync, here only
-            "rollbacks": self.counters.rollbacks,
-            "fault": self.fault,
-        }
+        return LearnerStatus(
+            state=state,
+            heartbeat=time.time(),
+            updates=self.sac.updates,
+            updates_per_s=round(self.updates_per_s, 2),
+            replay_size=len(self.replay),
+            transitions_consumed=self.counters.consumed,
+            env_steps=self.counters.consumed,  # one count, named for the learning curves
+            log_position=self.counters.position,
+            losses={k: stats[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha") if k in stats},
+            alpha=stats.get("alpha"),
+            entropy=stats.get("entropy"),
+            q_mean=stats.get("q_mean"),
+            latest_version=self.latest_version,
+            data_age_updates=self.data_age_updates,
+            data_age_s=None if data_age_s is None else round(data_age_s, 3),
+            utd=self.cfg.utd,
+            utd_effective=None if utd_effective is None else round(utd_effective, 4),
+            learning_starts=self.cfg.learning_starts,
+            device=str(self.device),
+            quarantined_rows=self.counters.quarantined_rows,
+            quarantined_positions=list(self.counters.quarantined_positions),
+            skipped_updates=int(self.sac.skipped_updates),  # one device sync, here only
+            rollbacks=self.counters.rollbacks,
+            fault=self.fault,
+        )
 
     def write_status(self) -> None:
         status = self.status()
-        self.store.write_learner_status(status)
+        # The store keeps the row as JSON; readers parse it with the same model.
+        self.store.write_learner_status(status.model_dump(mode="json", exclude={"heartbeat"}))
         if self._board is not None and self.last_losses:
-            scalars = {f"loss/{k}": status["losses"].get(k) for k in status["losses"]}
-            scalars |= {f"sac/{k}": status[k] for k in ("alpha", "entropy", "q_mean")}
-            scalars["sac/updates_per_s"] = status["updates_per_s"]
-            scalars["data/age_updates"] = status["data_age_updates"]
-            scalars["data/age_s"] = status["data_age_s"]
-            scalars["data/utd_effective"] = status["utd_effective"]
-            scalars["data/replay_size"] = status["replay_size"]
+            scalars: dict[str, float | None] = {f"loss/{k}": v for k, v in status.losses.items()}
+            scalars |= {
+                "sac/alpha": status.alpha,
+                "sac/entropy": status.entropy,
+                "sac/q_mean": status.q_mean,
+                "sac/updates_per_s": status.updates_per_s,
+                "data/age_updates": status.data_age_updates,
+                "data/age_s": status.data_age_s,
+                "data/utd_effective": status.utd_effective,
+                "data/replay_size": status.replay_size,
+            }
             self._board.scalars(scalars, self.sac.updates, self.counters.consumed)
 
     def _log_episodes(self) -> None:
