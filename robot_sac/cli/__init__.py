@@ -14,7 +14,7 @@ from __future__ import annotations
 
 # Importing a command module registers its commands on `app`; this order is the help's order.
 # isort: off
-from robot_sac.cli import run, up, plot, train_local  # noqa: F401
+from robot_sac.cli import run, up, operate, plot, train_local  # noqa: F401
 
 # isort: on
 from robot_sac.cli.app import DEFAULT_ENV, app, main
