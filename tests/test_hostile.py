@@ -663,14 +663,40 @@ def test_an_upload_claiming_huge_layers_is_refused_from_its_metadata(
     assert service.state.store.latest_policy().version == 0
 
 
-def test_a_release_naming_one_robot_releases_nobody(service: ThreadService) -> None:
-    """Holds are for every robot in this version: "release r1" must not release them all."""
+def test_a_release_naming_one_robot_never_releases_the_hold_for_all(
+    service: ThreadService,
+) -> None:
+    """ "release r1" ends r1's own hold only: the hold for every robot stays."""
     c = service.client()
-    assert c.post("/v1/admin/hold", json={"robot_id": "r1"}).json()["hold"] is True
-    assert c.post("/v1/act", json={"obs": OBS, "robot_id": "r2"}).json()["hold"] is True
-    assert_error(c.post("/v1/admin/release", json={"robot_id": "r1"}), 422, "every robot")
+    assert c.post("/v1/admin/hold").json()["hold"] is True
+    assert c.post("/v1/admin/release", json={"robot_id": "r1"}).json()["hold"] is True
     assert c.post("/v1/act", json={"obs": OBS, "robot_id": "r1"}).json()["hold"] is True
     assert c.post("/v1/admin/release").json()["hold"] is False
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"robot": "r1"}', b'{"robot_id": ""}', b'{"robot_id": 7}', b"[]"]
+)
+def test_a_hold_with_a_body_it_cannot_read_holds_every_robot_and_says_so(
+    service: ThreadService, body: bytes
+) -> None:
+    """Whoever reached for the hold wanted robots stopped: an unreadable body holds them all
+    (the safe error) and the 422 says that it did."""
+    c = service.client()
+    r = c.post("/v1/admin/hold", content=body, headers={"Content-Type": "application/json"})
+    assert_error(r, 422, "EVERY robot is now held")
+    assert c.post("/v1/act", json={"obs": OBS}).json()["hold"] is True
+    assert c.get("/v1/admin/status").json()["hold"] is True
+
+
+def test_a_release_with_a_body_it_cannot_read_releases_nothing(service: ThreadService) -> None:
+    c = service.client()
+    c.post("/v1/admin/hold")
+    c.post("/v1/admin/hold", json={"robot_id": "r1"})
+    r = c.post("/v1/admin/release", json={"robot": "r1"})
+    assert_error(r, 422, "nothing was released")
+    status = c.get("/v1/admin/status").json()
+    assert status["hold"] is True and status["held_robots"] == ["r1"]
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,7 @@ def test_checkpoints_without_the_new_counters_load_and_a_non_finite_one_is_not_r
     resumed = small_learner(data, store)
     status = resumed.status()
     assert resumed.sac.updates == 100 and resumed.sac.is_finite()
-    assert [status[k] for k in new_keys] == [0, [], 0, 0]
+    assert [getattr(status, k) for k in new_keys] == [0, [], 0, 0]
 
     # a checkpoint that such a learner saved after the poison: its weights are not resumed
     corrupt(old["sac"]["critic"][next(iter(old["sac"]["critic"]))])
@@ -316,7 +316,7 @@ def test_a_skipped_updates_infinite_losses_are_written_as_null(small: tuple[Path
         "alpha": torch.tensor(0.1),
     }
     status = learner.status()
-    assert status["losses"] == {"loss_actor": 0.25, "loss_qvalue": None, "loss_alpha": None}
+    assert status.losses == {"loss_actor": 0.25, "loss_qvalue": None, "loss_alpha": None}
     learner.write_status()
     with sqlite3.connect(data / "store.sqlite") as conn:
         (text,) = conn.execute("SELECT status FROM learner_status").fetchone()

@@ -43,6 +43,7 @@ CONTRACT: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/policy/weights"): ROBOT,
     ("GET", "/v1/admin/status"): VIEWER,
     ("GET", "/v1/admin/policies"): VIEWER,
+    ("GET", "/v1/admin/robots"): VIEWER,
     ("POST", "/v1/admin/policies"): OPERATOR,
     ("POST", "/v1/admin/learner/pause"): OPERATOR,
     ("POST", "/v1/admin/learner/resume"): OPERATOR,

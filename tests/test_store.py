@@ -649,6 +649,22 @@ def test_episodes_of_different_robots_with_the_same_episode_id_are_separate(
     assert sorted(summary.recent_returns) == [1.0, 3.0]
 
 
+def test_episodes_by_robot_counts_each_robots_episodes_newest_first(store: Store) -> None:
+    assert store.episodes_by_robot() == []
+    for k in range(4):  # robot a: returns 1..4 (a retried ending counts once), robot b: one
+        ending = step(1, robot="a", episode=f"a{k}", reward=float(k), version=0, terminated=True)
+        store.append([step(0, robot="a", episode=f"a{k}", reward=1.0, version=0), ending])
+        store.append([ending])
+        time.sleep(0.002)  # each episode ends at its own time
+    store.append([step(0, robot="b", episode="b0", reward=-2.0, truncated=True)])
+    store.append([step(0, robot="c", episode="c0", reward=5.0)])  # not ended: no episode
+    b, a = store.episodes_by_robot(recent=3)
+    assert (b.robot_id, b.episodes, b.recent_returns) == ("b", 1, (-2.0,))
+    assert (a.robot_id, a.episodes, a.recent_returns) == ("a", 4, (4.0, 3.0, 2.0))
+    assert b.last_ended_at >= a.last_ended_at
+    assert [r.robot_id for r in store.episodes_by_robot(robots=1)] == ["b"]
+
+
 def test_a_refused_ending_step_does_not_end_an_episode(store: Store) -> None:
     store.append([step(0, reward=1.0, version=1)])
     with pytest.raises(TransitionConflict, match="terminated"):

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store, versions_to_keep
+from robot_sac.store.codec import MAX_HELD_ROBOTS
 from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
+    RobotEpisodes,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -22,9 +24,11 @@ from robot_sac.store.records import (
 )
 
 __all__ = [
+    "MAX_HELD_ROBOTS",
     "ControlState",
     "LogRows",
     "PolicyRecord",
+    "RobotEpisodes",
     "Store",
     "StoreBusy",
     "StoreError",

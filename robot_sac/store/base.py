@@ -20,6 +20,7 @@ from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
+    RobotEpisodes,
     TransitionLike,
     VersionEpisodes,
 )
@@ -76,6 +77,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def episodes_by_version(self, recent: int = 10) -> list[VersionEpisodes]:
         """Per version (oldest first): episode count, mean return, the last ``recent`` returns."""
+
+    @abc.abstractmethod
+    def episodes_by_robot(self, recent: int = 10, robots: int = 1000) -> list[RobotEpisodes]:
+        """Per robot that ended an episode: episode count and its ``recent`` newest returns; the
+        ``robots`` whose last episode ended latest, most recent first."""
 
     # --- the policy registry ----------------------------------------------------------------
     @abc.abstractmethod

@@ -5,6 +5,7 @@ same bytes and refuse exactly the same input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -18,6 +19,7 @@ import numpy as np
 from robot_sac.schemas import FLOAT32_MAX, TaskSpec
 from robot_sac.store.records import (
     LogRows,
+    RobotEpisodes,
     StoreError,
     TransitionConflict,
     TransitionKey,
@@ -347,6 +349,30 @@ def check_control_changes(changes: dict[str, Any]) -> None:
         raise ValueError(f"unknown control fields {sorted(unknown)}")
     if "mode" in changes and changes["mode"] not in ("follow", "pinned"):
         raise ValueError("mode must be 'follow' or 'pinned'")
+
+
+# Every robot's newest episodes, for episodes_by_robot (portable SQL: SQLite and PostgreSQL);
+# parameters: how many returns per robot.
+ROBOT_EPISODES_SQL = (
+    "SELECT robot_id, n, episode_return, ended_at FROM ("
+    "SELECT robot_id, episode_return, ended_at, COUNT(*) OVER (PARTITION BY robot_id) AS n, "
+    "ROW_NUMBER() OVER (PARTITION BY robot_id ORDER BY ended_at DESC, episode_id DESC) AS rn "
+    "FROM episodes) AS e WHERE rn <= {p} ORDER BY robot_id, rn"
+)
+
+
+def robot_episodes(rows: Sequence[tuple[Any, ...]], robots: int) -> list[RobotEpisodes]:
+    """Fold :data:`ROBOT_EPISODES_SQL`'s rows into one record per robot; the ``robots`` whose
+    last episode ended latest, most recent first."""
+    out: dict[str, RobotEpisodes] = {}
+    for robot_id, n, episode_return, ended_at in rows:
+        seen = out.get(robot_id)
+        if seen is None:
+            out[robot_id] = RobotEpisodes(robot_id, int(n), (float(episode_return),), ended_at)
+        else:
+            returns = (*seen.recent_returns, float(episode_return))
+            out[robot_id] = dataclasses.replace(seen, recent_returns=returns)
+    return sorted(out.values(), key=lambda r: -r.last_ended_at)[:robots]
 
 
 # Robots that may be held one by one (beyond it, hold them all): the set is read on every act.

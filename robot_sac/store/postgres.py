@@ -49,6 +49,7 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
     check_fingerprint,
@@ -57,12 +58,14 @@ from robot_sac.store.codec import (
     encode_rows,
     episode_tallies,
     find_conflict,
+    robot_episodes,
     task_fingerprint,
 )
 from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
+    RobotEpisodes,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -603,6 +606,14 @@ class PostgresStore(Store):
             return out
 
         return self._run(read, write=False)  # type: ignore[no-any-return]
+
+    @_store_errors
+    def episodes_by_robot(self, recent: int = 10, robots: int = 1000) -> list[RobotEpisodes]:
+        rows = self._run(
+            lambda c: c.execute(ROBOT_EPISODES_SQL.format(p="%s"), (recent,)).fetchall(),  # type: ignore[arg-type]
+            write=False,
+        )
+        return robot_episodes(rows, robots)
 
     # --- the policy registry ----------------------------------------------------------------
     @_store_errors

@@ -123,6 +123,16 @@ class ControlState:
 
 
 @dataclasses.dataclass(frozen=True)
+class RobotEpisodes:
+    """The episodes one robot ended: how many, and the returns of its newest (newest first)."""
+
+    robot_id: str
+    episodes: int
+    recent_returns: tuple[float, ...]
+    last_ended_at: float
+
+
+@dataclasses.dataclass(frozen=True)
 class VersionEpisodes:
     """Episode returns of the episodes one version drove (most of their steps)."""
 

@@ -25,6 +25,7 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
     check_fingerprint,
@@ -33,12 +34,14 @@ from robot_sac.store.codec import (
     encode_rows,
     episode_tallies,
     find_conflict,
+    robot_episodes,
     task_fingerprint,
 )
 from robot_sac.store.records import (
     ControlState,
     LogRows,
     PolicyRecord,
+    RobotEpisodes,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -646,6 +649,11 @@ class SQLiteStore(Store):
                 )
             )
         return out
+
+    @_store_errors
+    def episodes_by_robot(self, recent: int = 10, robots: int = 1000) -> list[RobotEpisodes]:
+        rows = self._conn().execute(ROBOT_EPISODES_SQL.format(p="?"), (recent,)).fetchall()
+        return robot_episodes(rows, robots)
 
     # --- the policy registry ----------------------------------------------------------------
     @_store_errors

@@ -39,6 +39,7 @@ class _Job:
     obs: np.ndarray  # (k, obs_dim) float32
     deterministic: bool
     future: asyncio.Future[tuple[np.ndarray, int, bool]] = field(repr=False)
+    robot_id: str | None = None  # a robot held one by one gets the safe action
 
 
 class MicroBatcher:
@@ -73,9 +74,16 @@ class MicroBatcher:
         return self._envelope.held(rows)
 
     async def act(
-        self, obs: np.ndarray, deterministic: bool, deadline: float | None = None
+        self,
+        obs: np.ndarray,
+        deterministic: bool,
+        deadline: float | None = None,
+        robot_id: str | None = None,
     ) -> tuple[np.ndarray, int, bool]:
         """Actions for ``obs`` ``(k, obs_dim)``: ``(actions (k, action_dim), version, hold)``.
+
+        ``hold`` is true, and the actions the task's safe action, while every robot or
+        ``robot_id`` is held.
 
         ``deadline`` (``time.monotonic()`` seconds): raise :class:`DeadlineMissed` rather than
         answer after it. Raises :class:`QueueFull` at once when ``max_queued_rows`` observations
@@ -85,7 +93,7 @@ class MicroBatcher:
         if served is None:
             raise RuntimeError("no policy is loaded yet")
         rows = obs.shape[0]
-        if self.state.hold:  # a hold answers at once, without the policy
+        if self.state.holds(robot_id):  # a hold answers at once, without the policy
             return self.held(rows), served.version, True
         if self._queued_rows + rows > self.max_queued_rows:
             self.metrics.acts_shed.inc()
@@ -96,7 +104,7 @@ class MicroBatcher:
         future: asyncio.Future[tuple[np.ndarray, int, bool]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.append(_Job(obs, deterministic, future))
+        self._queue.append(_Job(obs, deterministic, future, robot_id))
         self._queued_rows += rows
         self._wakeup.set()
         if deadline is None:
@@ -134,10 +142,11 @@ class MicroBatcher:
                         if not job.future.done():
                             job.future.set_exception(exc)
                     continue
-                hold = self.state.hold
+                holds = self.state.holds
                 start = 0
                 for job in jobs:
                     k = job.obs.shape[0]
+                    hold = holds(job.robot_id)
                     result = self.held(k) if hold else actions[start : start + k]
                     if not job.future.done():  # the client may have gone away
                         job.future.set_result((result, served.version, hold))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request
 
 from robot_sac.schemas import TaskSpec
+from robot_sac.services.inference.activity import RobotRegistry, TrafficMeter
 from robot_sac.services.inference.batcher import MicroBatcher
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.serving import ServingState
@@ -29,6 +30,9 @@ class AppState:
     # their own, kept warm: handing work to anyio's shared pool cost ~80 us more per batch, and
     # several of them let concurrent batches share one commit (the store's group commit).
     writers: ThreadPoolExecutor
+    # What this replica saw lately: the robots that acted, and its traffic.
+    robots: RobotRegistry = field(default_factory=RobotRegistry)
+    traffic: TrafficMeter = field(default_factory=TrafficMeter)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.store import VersionEpisodes
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -67,6 +68,11 @@ class ServiceMetrics:
         self.hold = Gauge(
             "robot_sac_hold", "1 while every act answers the safe action.", registry=r
         )
+        self.held_robots = Gauge(
+            "robot_sac_held_robots",
+            "Robots held one by one (besides the hold for every robot).",
+            registry=r,
+        )
         self.hold_persisted = Gauge(
             "robot_sac_hold_persisted",
             "1 when the store holds the hold state acts answer with; 0 while a hold pressed "
@@ -116,19 +122,41 @@ class ServiceMetrics:
 
 
 class _LearnerCollector(Collector):
-    """The learner's gauges, so one scrape of the service shows the whole system."""
+    """The learner's gauges, so one scrape of the service shows the whole system.
 
-    GAUGES: ClassVar[dict[str, str]] = {
-        "updates": "SAC updates done by the learner.",
-        "updates_per_s": "Learner updates per second.",
-        "replay_size": "Transitions in the learner's replay buffer.",
-        "alpha": "SAC temperature.",
-        "entropy": "Policy entropy on the last batch.",
-        "q_mean": "Mean Q-value on the last batch.",
-        "data_age_updates": "Updates between the version that produced the newest data and now.",
-        "quarantined_rows": "Log rows the learner set aside: values that would overflow learning.",
-        "skipped_updates": "Optimiser steps skipped because their gradients were not finite.",
-        "rollbacks": "Times the learner went back to its last good weights.",
+    Each is ``robot_sac_learner_<name>``, from the status field of its key in :data:`GAUGES`
+    (left out while that field is null, e.g. ``utd_effective`` with no new data).
+    ``robot_sac_learner_data_age_seconds`` is the learner's ``data_age_s`` plus the age of its
+    heartbeat: how stale its view of the log is at the scrape, growing on while it is down.
+    """
+
+    # status field -> (metric name after robot_sac_learner_, help)
+    GAUGES: ClassVar[dict[str, tuple[str, str]]] = {
+        "updates": ("updates", "SAC updates done by the learner."),
+        "updates_per_s": ("updates_per_second", "Learner updates per second."),
+        "env_steps": ("env_steps", "Environment steps (log transitions) the learner consumed."),
+        "replay_size": ("replay_size", "Transitions in the learner's replay buffer."),
+        "utd": ("utd", "Configured update-to-data ratio (0: as fast as the machine allows)."),
+        "utd_effective": (
+            "utd_effective",
+            "Updates per transition consumed over about the last 30 s (absent with no new data).",
+        ),
+        "alpha": ("alpha", "SAC temperature."),
+        "entropy": ("entropy", "Policy entropy on the last batch."),
+        "q_mean": ("q_mean", "Mean Q-value on the last batch."),
+        "data_age_updates": (
+            "data_age_updates",
+            "Updates between the versions that produced the newest data and now.",
+        ),
+        "quarantined_rows": (
+            "quarantined_rows",
+            "Log rows the learner set aside: values that would overflow learning.",
+        ),
+        "skipped_updates": (
+            "skipped_updates",
+            "Optimiser steps skipped because their gradients were not finite.",
+        ),
+        "rollbacks": ("rollbacks", "Times the learner went back to its last good weights."),
     }
 
     def __init__(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
@@ -138,8 +166,9 @@ class _LearnerCollector(Collector):
         return []  # collected lazily; nothing to declare at registration
 
     def collect(self) -> Iterator[Any]:
-        status = self.learner_status()
-        age = None if status is None else time.time() - float(status.get("heartbeat", 0.0))
+        row = self.learner_status()
+        status = None if row is None else LearnerStatus.model_validate(row)
+        age = None if status is None else time.time() - status.heartbeat
         up = GaugeMetricFamily("robot_sac_learner_up", "1 while the learner's heartbeat is fresh.")
         up.add_metric([], 1.0 if age is not None and age <= 5.0 else 0.0)
         yield up
@@ -153,19 +182,27 @@ class _LearnerCollector(Collector):
         faulted = GaugeMetricFamily(
             "robot_sac_learner_faulted", "1 while the learner reports that it cannot go on."
         )
-        faulted.add_metric([], 1.0 if status.get("state") == "faulted" else 0.0)
+        faulted.add_metric([], 1.0 if status.state == "faulted" else 0.0)
         yield faulted
-        for key, doc in self.GAUGES.items():
-            value = status.get(key)
+        for key, (name, doc) in self.GAUGES.items():
+            value = getattr(status, key)
             if isinstance(value, int | float):
-                name = "updates_per_second" if key == "updates_per_s" else key
                 family = GaugeMetricFamily(f"robot_sac_learner_{name}", doc)
                 family.add_metric([], float(value))
                 yield family
+        data_age = status.data_age_s
+        if isinstance(data_age, int | float):
+            stale = GaugeMetricFamily(
+                "robot_sac_learner_data_age_seconds",
+                "Seconds since the learner last had every transition the log held (its "
+                "last read that found no more rows), as of this scrape.",
+            )
+            stale.add_metric([], float(data_age) + max(0.0, age))
+            yield stale
         losses = GaugeMetricFamily(
             "robot_sac_learner_loss", "The learner's last losses.", labels=["loss"]
         )
-        for name, value in (status.get("losses") or {}).items():
+        for name, value in status.losses.items():
             if isinstance(value, int | float):  # a skipped update's non-finite loss is null
                 losses.add_metric([name], float(value))
         yield losses

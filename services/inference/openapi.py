@@ -21,12 +21,13 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from robot_sac.admin_schemas import HoldRequest
 from robot_sac.schemas import ActBatchRequest, ActRequest, TransitionsRequest
 from robot_sac.services.inference.auth import Role
 from robot_sac.services.inference.guard import policy_of
 
-# The hot routes' bodies, added to the components their operations refer to.
-REQUEST_BODIES = (ActRequest, ActBatchRequest, TransitionsRequest)
+# The bodies routes read by hand, added to the components their operations refer to.
+REQUEST_BODIES = (ActRequest, ActBatchRequest, TransitionsRequest, HoldRequest)
 
 ERROR = {
     "title": "Error",
@@ -84,9 +85,9 @@ def _errors(method: str, path: str) -> dict[str, str]:
     if path.startswith(("/v1/admin", "/v1/policy", "/v1/transitions")):
         errors |= _STORE
     if (method, path) == ("POST", "/v1/admin/hold"):
-        # The hold answers from memory whatever the store does, and takes any JSON body.
+        # The hold answers from memory whatever the store does (a 422 for a body it cannot
+        # read comes after every robot is held).
         errors.pop("503", None)
-        errors.pop("422", None)
     return errors | _ROUTE.get((method, path), {})
 
 

@@ -41,6 +41,7 @@ from robot_sac.policy import Policy, PolicyFileError, load_policy
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.store import (
+    MAX_HELD_ROBOTS,
     ControlState,
     PolicyRecord,
     Store,
@@ -130,13 +131,17 @@ class ServingState:
         self._report_lock = asyncio.Lock()  # reports land in the order of the swaps
         self.served: Served | None = None
         self.control = ControlState()
-        # What every act reads: True from the moment a hold arrives until a release is stored.
+        # What every act reads: True from the moment a hold arrives until a release is stored;
+        # the same for each robot held one by one.
         self.hold = False
+        self.held_robots: frozenset[str] = frozenset()
         self.refused: dict[int, str] = {}
         self._retry_at: dict[int, float] = {}
         # Control fields changed here and not yet in the store (the hold, while it persists).
         self._pending: dict[str, Any] = {}
+        self._pending_robots: dict[str, bool] = {}
         self._overriding: set[str] = set()
+        self._overriding_robots: set[str] = set()
         self._persisting: asyncio.Task[None] | None = None
         self.store_health = StoreHealth()
         # Bumped by every operator change, so a slower read by the watcher cannot undo it.
@@ -160,7 +165,7 @@ class ServingState:
     @property
     def hold_persisted(self) -> bool:
         """Whether the store holds the hold state that acts answer with."""
-        return "hold" not in self._pending
+        return "hold" not in self._pending and not self._pending_robots
 
     # --- loading and swapping ------------------------------------------------------------------
     def load(self, record: PolicyRecord) -> Policy:
@@ -238,23 +243,51 @@ class ServingState:
             return True, None
 
     # --- the operator's controls ------------------------------------------------------------
-    def _adopt(self, control: ControlState) -> None:
-        """Take ``control`` from the store, with the fields still pending here on top."""
+    def holds(self, robot_id: str | None) -> bool:
+        """Whether an act of ``robot_id`` (None: an act that names no robot) is held now."""
+        return self.hold or (robot_id is not None and robot_id in self.held_robots)
+
+    def _overlay(self, control: ControlState) -> ControlState:
+        """``control`` with what is pending here (holds not yet stored) on top."""
         if self._pending:
             control = dataclasses.replace(control, **self._pending)
-        self.control = control
-        self._set_hold(control.hold)
+        if self._pending_robots:
+            held = set(control.held_robots)
+            for robot_id, on in self._pending_robots.items():
+                (held.add if on else held.discard)(robot_id)
+            control = dataclasses.replace(control, held_robots=frozenset(held))
+        return control
+
+    def _adopt(self, control: ControlState) -> None:
+        """Take ``control`` from the store, with the fields still pending here on top."""
+        self.control = self._overlay(control)
+        self._set_hold(self.control.hold)
+        self.held_robots = self.control.held_robots
+        self.metrics.held_robots.set(len(self.held_robots))
 
     def _set_hold(self, hold: bool) -> None:
         self.hold = hold
         self.metrics.hold.set(1.0 if hold else 0.0)
 
-    def press_hold(self) -> None:
-        """Hold every robot now; persist it in the background (see the module docstring)."""
-        self._control_generation += 1
-        self._set_hold(True)
-        self.control = dataclasses.replace(self.control, hold=True)
-        self._pending["hold"] = True
+    def press_hold(self, robot_id: str | None = None) -> None:
+        """Hold every robot (or ``robot_id`` alone) now; persist it in the background (see the
+        module docstring). Raises ``ValueError`` when :data:`MAX_HELD_ROBOTS` robots are held
+        one by one already (hold them all instead)."""
+        if robot_id is None:
+            self._control_generation += 1
+            self._set_hold(True)
+            self._pending["hold"] = True
+        else:
+            if robot_id not in self.held_robots and len(self.held_robots) >= MAX_HELD_ROBOTS:
+                raise ValueError(
+                    f"{MAX_HELD_ROBOTS} robots are held one by one already: hold every robot "
+                    "instead (POST /v1/admin/hold without a robot_id)"
+                )
+            self._control_generation += 1
+            self.held_robots = self.held_robots | {robot_id}
+            self._pending_robots[robot_id] = True
+            self.metrics.held_robots.set(len(self.held_robots))
+        self.control = self._overlay(self.control)
         self.metrics.hold_persisted.set(0.0)
         self._ensure_persisting()
 
@@ -271,15 +304,18 @@ class ServingState:
             self._persisting = asyncio.get_running_loop().create_task(self._persist())
 
     async def _persist(self) -> None:
-        """Write the pending control fields until the store has taken them."""
-        while self._pending:
-            # A field an operator is writing right now (a release) is theirs to write.
+        """Write the pending control fields and robot holds until the store has taken them."""
+        while self._pending or self._pending_robots:
+            # A field or robot an operator is writing right now (a release) is theirs to write.
             changes = {k: v for k, v in self._pending.items() if k not in self._overriding}
-            if not changes:
+            robots = {
+                r: v for r, v in self._pending_robots.items() if r not in self._overriding_robots
+            }
+            if not changes and not robots:
                 await asyncio.sleep(PERSIST_RETRY_S)
                 continue
             try:
-                written = await self._write_control(changes)
+                written = await self._write_control(changes, robots)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is busy or away: the hold stays in memory
@@ -289,28 +325,38 @@ class ServingState:
             for key, value in changes.items():
                 if self._pending.get(key) == value:
                     del self._pending[key]
-            self.control = dataclasses.replace(written, **self._pending)
+            for robot_id, value in robots.items():
+                if self._pending_robots.get(robot_id) == value:
+                    del self._pending_robots[robot_id]
+            self.control = self._overlay(written)
         self.metrics.hold_persisted.set(1.0)
         log.info("hold persisted in the store")
 
-    async def _write_control(self, changes: dict[str, Any]) -> ControlState:
+    async def _write_control(
+        self, changes: dict[str, Any], robots: dict[str, bool] | None = None
+    ) -> ControlState:
         loop = asyncio.get_running_loop()
         control = await loop.run_in_executor(
-            self._control_writer, lambda: self.store.update_control(**changes)
+            self._control_writer, lambda: self.store.update_control(robots=robots, **changes)
         )
         self.store_health.ok(wrote=True)
         return control
 
-    async def set_control(self, **changes: Any) -> ControlState:
-        """Write ``changes`` to the store, then adopt them (release, pause, pin, follow).
+    async def set_control(
+        self, robots: dict[str, bool] | None = None, **changes: Any
+    ) -> ControlState:
+        """Write ``changes`` (and ``robots``: holds of single robots) to the store, then adopt
+        them (release, pause, pin, follow).
 
         Raises the store's error if it does not take them in time; nothing changes then.
         """
+        robots = robots or {}
         # Until the store has the change, what is pending here (a hold not yet stored) stays in
         # force and pending; the persister leaves these fields to this write meanwhile.
         self._overriding.update(changes)
+        self._overriding_robots.update(robots)
         try:
-            control = await self._write_control(changes)
+            control = await self._write_control(changes, robots)
         except BaseException as exc:
             # A refused change (an unknown version) is an answer, not the store failing.
             if not isinstance(exc, (asyncio.CancelledError, UnknownVersion)):
@@ -318,11 +364,14 @@ class ServingState:
             raise
         finally:
             self._overriding.difference_update(changes)
+            self._overriding_robots.difference_update(robots)
         for key in changes:
             self._pending.pop(key, None)
+        for robot_id in robots:
+            self._pending_robots.pop(robot_id, None)
         self._control_generation += 1
         self._adopt(control)
-        if not self._pending:
+        if self.hold_persisted:
             self.metrics.hold_persisted.set(1.0)
         return self.control
 

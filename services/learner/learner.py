@@ -22,6 +22,24 @@ It never takes, publishes or saves a non-finite step:
 - when a rollback cannot cure it (there is no good state, or another rollback is needed before
   the next good publish or checkpoint) it is ``faulted``: it stops updating and publishing and
   goes on writing its status, with the reason in ``fault``.
+
+Besides its counters, the status tells operators how well learning keeps up with the robots
+(``/metrics`` exports these; :mod:`.telemetry` computes the ratio and writes TensorBoard):
+
+- ``env_steps``: environment steps (log transitions) consumed into the replay buffer over the
+  learner's life, quarantined rows left out; the same count as ``transitions_consumed``, named
+  for the x-axis of learning curves.
+- ``utd``: the configured update-to-data ratio; ``utd_effective``: the ratio achieved over about
+  the last 30 s, Δupdates / Δenv_steps (None when no transition arrived in that window). Below
+  ``utd`` the learner cannot keep up with the robots; above it, it is catching up on a backlog
+  (e.g. just past ``learning_starts``).
+- ``data_age_s``: how stale the learner's view of the log is: the seconds since the start of the
+  latest read that found no more rows, so every transition the store accepted before that moment
+  is in the replay buffer. Near the pull period (20 ms) while the learner keeps up; it grows while
+  the learner cannot read the log (store away) or is behind on a backlog. Robots that send
+  nothing do not age it: the learner has all there is (``transitions accepted/s`` shows that).
+- ``data_age_updates``: updates between the versions that produced the newest data and now (how
+  off-policy the newest data is).
 """
 
 from __future__ import annotations
@@ -38,11 +56,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.policy import PolicyFileError, check_task, load_policy, policy_bytes
 from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuffer, sane_rows
 from robot_sac.sac import SAC
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoint
+from robot_sac.services.learner.telemetry import UtdWindow, open_board
 from robot_sac.settings import Settings
 from robot_sac.store import LogRows, PolicyRecord, Store, StoreError
 
@@ -71,6 +91,9 @@ class Counters:
     position: int = 0  # the last log position read
     last_published_updates: int = -1
     updates_at_version: dict[int, int] = field(default_factory=dict)
+    # env steps consumed when each version this learner published was published (the x of its
+    # episodes on the env-steps curves); the initial version 0 drove the first steps: 0
+    env_steps_at_version: dict[int, int] = field(default_factory=dict)
     quarantined_rows: int = 0  # log rows refused by the screen (not in ``consumed``)
     quarantined_positions: list[int] = field(default_factory=list)  # the latest few
     rollbacks: int = 0  # times the state was restored to the last good one
@@ -111,7 +134,9 @@ class Learner:
         self._last_publish_time = time.monotonic()
         self._next = {"control": 0.0, "pull": 0.0, "status": 0.0}
         self._rate_mark = (time.monotonic(), 0)
-        self._writer = self._tensorboard() if tensorboard else None
+        self.utd_window = UtdWindow()
+        self._caught_up_at: float | None = None  # monotonic start of the last read that drained
+        self._board = open_board(self.dir / "tb") if tensorboard else None
         self._logged_versions: set[int] = set()
         self.fault: str | None = None  # why the learner stopped for good; None while healthy
         self._good_state: dict[str, Any] | None = None  # as of the last good publish/checkpoint
@@ -131,6 +156,9 @@ class Learner:
                 position=int(state["position"]),
                 last_published_updates=int(state["last_published_updates"]),
                 updates_at_version={int(k): int(v) for k, v in state["updates_at_version"].items()},
+                env_steps_at_version={
+                    int(k): int(v) for k, v in state.get("env_steps_at_version", {}).items()
+                },
                 # absent from checkpoints written before the learner screened and guarded
                 quarantined_rows=int(state.get("quarantined_rows", 0)),
                 quarantined_positions=[int(p) for p in state.get("quarantined_positions", [])],
@@ -157,7 +185,11 @@ class Learner:
         self._rebuild_replay(progress)
         for record in self.store.list_policies():
             self.counters.updates_at_version.setdefault(record.version, record.updates)
+            if record.updates == 0:  # untrained (the initial version): before any env step
+                self.counters.env_steps_at_version.setdefault(record.version, 0)
             self.latest_version = record.version
+        # the effective update-to-data ratio is measured from here
+        self.utd_window.observe(time.monotonic(), self.sac.updates, self.counters.consumed)
 
     def _start_from_served_actor(self) -> None:
         control = self.store.control()
@@ -187,8 +219,10 @@ class Learner:
         position, done = start, 0
         checkpoint_position = self.counters.position
         while True:
+            read_at = time.monotonic()
             rows = self.store.read_after(position, PULL_ROWS)
             if len(rows) == 0:
+                self._caught_up_at = read_at
                 break
             self._add(rows, count_from=checkpoint_position)
             position = int(rows.position[-1])
@@ -263,12 +297,15 @@ class Learner:
             self.paused = self.store.control().learner_paused
             self._next["control"] = now + CONTROL_PERIOD_S
         if now >= self._next["pull"]:
+            read_at = time.monotonic()
             rows = self.store.read_after(self.counters.position, PULL_ROWS)
             if len(rows):
                 self._add(rows, count_from=self.counters.position)
                 self.counters.position = int(rows.position[-1])
             # a full page means a backlog: read again on the next pass
             self._next["pull"] = now if len(rows) == PULL_ROWS else now + PULL_PERIOD_S
+            if len(rows) < PULL_ROWS:  # the learner had the whole log as of (before) this read
+                self._caught_up_at = read_at
         done = 0
         if not self.paused and self.fault is None:
             # A burst stops at the next publish, so versions come exactly every publish_every.
@@ -350,6 +387,7 @@ class Learner:
         assert record is not None
         self.counters.last_published_updates = self.sac.updates
         self.counters.updates_at_version[record.version] = self.sac.updates
+        self.counters.env_steps_at_version[record.version] = self.counters.consumed
         self.latest_version = record.version
         self._last_publish_time = time.monotonic()
         self._keep_good_state()
@@ -398,6 +436,9 @@ class Learner:
             "position": self.counters.position,
             "last_published_updates": self.counters.last_published_updates,
             "updates_at_version": {str(k): v for k, v in self.counters.updates_at_version.items()},
+            "env_steps_at_version": {
+                str(k): v for k, v in self.counters.env_steps_at_version.items()
+            },
             "quarantined_rows": self.counters.quarantined_rows,
             "quarantined_positions": list(self.counters.quarantined_positions),
             "skipped_updates": int(self.sac.skipped_updates),
@@ -444,7 +485,9 @@ class Learner:
         self.fault = reason
         log.error("learner faulted: %s; it stops updating and publishing", reason)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LearnerStatus:
+        """The status row written at every heartbeat (the fields are described in the module's
+        docstring); it also advances the window the effective update-to-data ratio looks at."""
         now = time.monotonic()
         mark_time, mark_updates = self._rate_mark
         if now - mark_time >= 1.0 or self.updates_per_s == 0.0:
@@ -453,6 +496,9 @@ class Learner:
                 done = max(0, self.sac.updates - mark_updates)
                 self.updates_per_s = done / (now - mark_time)
             self._rate_mark = (now, self.sac.updates)
+        self.utd_window.observe(now, self.sac.updates, self.counters.consumed)
+        utd_effective = self.utd_window.ratio(self.sac.updates, self.counters.consumed)
+        data_age_s = None if self._caught_up_at is None else now - self._caught_up_at
         # One device sync, here only. A skipped update's losses can be infinite: JSON (and
         # PostgreSQL's) has no infinity, so they are reported as null.
         stats = {k: _finite_or_none(float(v)) for k, v in self.last_losses.items()}
@@ -461,64 +507,66 @@ class Learner:
             state = "faulted"
         else:
             state = "paused" if self.paused else ("waiting" if waiting else "running")
-        return {
-            "state": state,
-            "updates": self.sac.updates,
-            "updates_per_s": round(self.updates_per_s, 2),
-            "replay_size": len(self.replay),
-            "transitions_consumed": self.counters.consumed,
-            "log_position": self.counters.position,
-            "losses": {
-                k: stats[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha") if k in stats
-            },
-            "alpha": stats.get("alpha"),
-            "entropy": stats.get("entropy"),
-            "q_mean": stats.get("q_mean"),
-            "latest_version": self.latest_version,
-            "data_age_updates": self.data_age_updates,
-            "utd": self.cfg.utd,
-            "learning_starts": self.cfg.learning_starts,
-            "device": str(self.device),
-            "quarantined_rows": self.counters.quarantined_rows,
-            "quarantined_positions": list(self.counters.quarantined_positions),
-            "skipped_updates": int(self.sac.skipped_updates),  # one device sync, here only
-            "rollbacks": self.counters.rollbacks,
-            "fault": self.fault,
-        }
+        return LearnerStatus(
+            state=state,
+            heartbeat=time.time(),
+            updates=self.sac.updates,
+            updates_per_s=round(self.updates_per_s, 2),
+            replay_size=len(self.replay),
+            transitions_consumed=self.counters.consumed,
+            env_steps=self.counters.consumed,  # one count, named for the learning curves
+            log_position=self.counters.position,
+            losses={k: stats[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha") if k in stats},
+            alpha=stats.get("alpha"),
+            entropy=stats.get("entropy"),
+            q_mean=stats.get("q_mean"),
+            latest_version=self.latest_version,
+            data_age_updates=self.data_age_updates,
+            data_age_s=None if data_age_s is None else round(data_age_s, 3),
+            utd=self.cfg.utd,
+            utd_effective=None if utd_effective is None else round(utd_effective, 4),
+            learning_starts=self.cfg.learning_starts,
+            device=str(self.device),
+            quarantined_rows=self.counters.quarantined_rows,
+            quarantined_positions=list(self.counters.quarantined_positions),
+            skipped_updates=int(self.sac.skipped_updates),  # one device sync, here only
+            rollbacks=self.counters.rollbacks,
+            fault=self.fault,
+        )
 
     def write_status(self) -> None:
         status = self.status()
-        self.store.write_learner_status(status)
-        if self._writer is not None and self.last_losses:
-            step = self.sac.updates
-            scalars = {f"loss/{k}": status["losses"].get(k) for k in status["losses"]}
-            scalars |= {f"sac/{k}": status[k] for k in ("alpha", "entropy", "q_mean")}
-            scalars["sac/updates_per_s"] = status["updates_per_s"]
-            for tag, value in scalars.items():
-                if value is not None:  # a skipped update's loss is not a point on the curve
-                    self._writer.add_scalar(tag, value, step)
-            if self.data_age_updates is not None:
-                self._writer.add_scalar("data/age_updates", self.data_age_updates, step)
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is an optional extra
-            log.warning("tensorboard is not installed: no event files under %s", self.dir / "tb")
-            return None
-        return SummaryWriter(log_dir=str(self.dir / "tb"), flush_secs=10)
+        # The store keeps the row as JSON; readers parse it with the same model.
+        self.store.write_learner_status(status.model_dump(mode="json", exclude={"heartbeat"}))
+        if self._board is not None and self.last_losses:
+            scalars: dict[str, float | None] = {f"loss/{k}": v for k, v in status.losses.items()}
+            scalars |= {
+                "sac/alpha": status.alpha,
+                "sac/entropy": status.entropy,
+                "sac/q_mean": status.q_mean,
+                "sac/updates_per_s": status.updates_per_s,
+                "data/age_updates": status.data_age_updates,
+                "data/age_s": status.data_age_s,
+                "data/utd_effective": status.utd_effective,
+                "data/replay_size": status.replay_size,
+            }
+            self._board.scalars(scalars, self.sac.updates, self.counters.consumed)
 
     def _log_episodes(self) -> None:
-        """Episode returns per version (of versions before the newest, whose episodes are in)."""
-        if self._writer is None:
+        """Episode returns per version (of versions before the newest, whose episodes are in),
+        at the updates and the env steps of the version's publish."""
+        if self._board is None:
             return
         for e in self.store.episodes_by_version(recent=0):
             if e.version in self._logged_versions or e.version == self.latest_version:
                 continue
             if e.mean_return is not None:
-                step = self.counters.updates_at_version.get(e.version, 0)
-                self._writer.add_scalar("episode/mean_return", e.mean_return, step)
-                self._writer.add_scalar("episode/count", e.episodes, step)
+                self._board.scalars(
+                    {"episode/mean_return": e.mean_return, "episode/count": e.episodes},
+                    self.counters.updates_at_version.get(e.version, 0),
+                    # unknown for a version another learner published, or an operator uploaded
+                    self.counters.env_steps_at_version.get(e.version),
+                )
                 self._logged_versions.add(e.version)
 
     def close(self, publish: bool = True) -> None:
@@ -530,5 +578,5 @@ class Learner:
             self.publish()
         self.checkpoint()
         self.write_status()
-        if self._writer is not None:
-            self._writer.close()
+        if self._board is not None:
+            self._board.close()

@@ -56,13 +56,13 @@ async def answer(state: AppState, request: Incoming, path: str = ACT) -> bytes:
     obs = _obs_array(rows, state.spec.obs_dim, single)
     try:
         actions, version, hold = await state.batcher.act(
-            obs, parsed.deterministic, request.deadline
+            obs, parsed.deterministic, request.deadline, parsed.robot_id
         )
     except QueueFull as exc:
         raise HTTPException(503, str(exc), RETRY_SOON) from exc
     except DeadlineMissed as exc:
         raise HTTPException(504, str(exc)) from exc
-    if not hold and state.serving.hold:
+    if not hold and state.serving.holds(parsed.robot_id):
         # A hold that arrived while this act was computed: it is answered after the hold, so it
         # answers the safe action. Nothing awaits between here and the answer going out.
         actions, hold = state.batcher.held(obs.shape[0]), True
@@ -74,7 +74,11 @@ async def answer(state: AppState, request: Incoming, path: str = ACT) -> bytes:
         payload = {"action": actions[0].tolist(), "policy_version": version, "hold": hold}
     else:
         payload = {"actions": actions.tolist(), "policy_version": version, "hold": hold}
-    state.metrics.act_latency_of(path).observe(time.perf_counter() - start)
+    latency = time.perf_counter() - start
+    state.metrics.act_latency_of(path).observe(latency)
+    state.traffic.act(latency)
+    if parsed.robot_id is not None:
+        state.robots.acted(parsed.robot_id, version)
     return json.dumps(payload).encode()
 
 

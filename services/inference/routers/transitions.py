@@ -81,6 +81,7 @@ async def ingest(state: AppState, request: Incoming) -> bytes:
         raise HTTPException(422, _wrong_length(transitions, state.spec) or str(exc)) from exc
     state.serving.store_health.ok(wrote=True)
     state.metrics.transitions_accepted.inc(accepted)
+    state.traffic.transitions(accepted)
     state.metrics.transitions_duplicates.inc(duplicates)
     return TransitionsResponse(accepted=accepted, duplicates=duplicates).model_dump_json().encode()
 
