@@ -181,15 +181,14 @@ def _run_learner(learner, stop, max_updates: int | None, progress: bool) -> None
     from rich.live import Live
 
     def line() -> str:
-        s = learner.status()
-        # a skipped update's loss is None (it was not finite): shown as "-", not a crash
+        s = learner.status()  # a LearnerStatus; a skipped update's loss is None, shown as "-"
         losses = " ".join(
             f"{k.removeprefix('loss_')} {'-' if v is None else format(v, '.3g')}"
-            for k, v in s["losses"].items()
+            for k, v in s.losses.items()
         )
         return (
-            f"[bold]{s['state']}[/] updates {s['updates']} ({s['updates_per_s']:.0f}/s) · replay "
-            f"{s['replay_size']} · version {s['latest_version']} · {losses}"
+            f"[bold]{s.state}[/] updates {s.updates} ({s.updates_per_s:.0f}/s) · replay "
+            f"{s.replay_size} · version {s.latest_version} · {losses}"
         )
 
     shown = [0.0]
