@@ -18,6 +18,7 @@ import pytest
 
 from robot_sac.admin_schemas import (
     PoliciesResponse,
+    RobotsResponse,
     StatusResponse,
     UploadResponse,
 )
@@ -150,12 +151,14 @@ def act(svc: ProcessService, robot_id: str | None = None) -> dict[str, object]:
 def test_status_shows_the_served_version_mode_and_hold(svc: ProcessService, api: httpx.Client):
     served = status(api).served_version
     assert served is not None
+    act(svc)  # traffic to report
     table = status_table(ok(cli(svc, "status")))
     assert table["served version"] == f"{served} (following the newest, newest {served})"
     assert table["mode"] == "follow" and table["hold"] == "none"
     assert table["learner"] == "offline"  # no learner runs in this test
     assert table["learner paused"] == "no"
     assert table["transitions"] == "0"
+    assert "acts/s" in table["traffic"] and table["act latency"].startswith("p50 ")
 
 
 def test_status_json_is_the_service_answer(svc: ProcessService, api: httpx.Client):
@@ -274,6 +277,40 @@ def test_every_control_prints_the_service_json_with_json(svc: ProcessService, ap
         answer = StatusResponse.model_validate_json(ok(cli(svc, *args, "--json")))
         assert check(answer), (args, answer)
         assert check(status(api)), args
+
+
+# === per robot ====================================================================================
+
+
+def test_hold_and_release_one_robot(svc: ProcessService, api: httpx.Client):
+    act(svc, "arm-1")
+    act(svc, "arm-2")
+    out = ok(cli(svc, "hold", "arm-1"))
+    assert "holding arm-1" in out
+    now = status(api)
+    assert now.hold is False and now.held_robots == ["arm-1"]
+    assert act(svc, "arm-1")["hold"] is True
+    assert act(svc, "arm-2")["hold"] is False
+
+    robots = RobotsResponse.model_validate_json(ok(cli(svc, "robots", "--json")))
+    held = {r.robot_id: (r.held, r.held_alone) for r in robots.robots}
+    assert held["arm-1"] == (True, True) and held["arm-2"] == (False, False)
+    table = {row[0]: row[1] for row in rows(ok(cli(svc, "robots")))}
+    assert table["arm-1"] == "alone" and table["arm-2"] == ""
+
+    out = ok(cli(svc, "release", "arm-1"))
+    assert "released arm-1" in out
+    assert status(api).held_robots == []
+    assert act(svc, "arm-1")["hold"] is False
+
+
+def test_releasing_every_robot_leaves_the_ones_held_by_name(svc: ProcessService, api: httpx.Client):
+    ok(cli(svc, "hold"))
+    ok(cli(svc, "hold", "arm-3"))
+    out = ok(cli(svc, "release"))
+    assert "still held one by one: arm-3" in out
+    now = status(api)
+    assert now.hold is False and now.held_robots == ["arm-3"]
 
 
 # === failures =====================================================================================

@@ -146,6 +146,38 @@ def test_status_during_a_store_outage_says_what_is_unknown():
     assert "down (x)" in text
 
 
+def test_status_shows_the_learner():
+    from robot_sac.cli.views import status_view
+
+    learner = {
+        "state": "running",
+        "phase": "running",
+        "updates": 1200,
+        "updates_per_s": 35.04,
+        "utd": 1.0,
+        "utd_effective": 0.9812,
+        "alpha": 0.1234,
+        "losses": {"loss_actor": -1.25, "loss_qvalue": 0.5, "loss_alpha": None},
+        "replay_size": 5000,
+    }
+    status = StatusResponse.model_validate({**STATUS, "learner": learner, "transitions": 5001})
+    rows = {
+        cells[0]: cells[1]
+        for cells in (
+            [c.strip() for c in line.split("│")[1:-1]]
+            for line in render(status_view(status, "http://svc")).splitlines()
+        )
+        if len(cells) == 2
+    }
+    assert rows["learner"] == "running"
+    assert rows["updates"] == "1200 (35.0/s)"
+    assert rows["UTD effective"] == "0.981 (target 1)"
+    assert rows["alpha"] == "0.123"
+    assert rows["losses"] == "actor -1.25 · qvalue 0.5 · alpha -"
+    assert rows["replay size"] == "5000"
+    assert rows["transitions"] == "5001"
+
+
 def test_status_shows_the_traffic_when_the_service_reports_it():
     from robot_sac.cli.live import latency_line
     from robot_sac.cli.views import status_view
@@ -158,8 +190,9 @@ def test_status_shows_the_traffic_when_the_service_reports_it():
         "transitions_per_s": 240.0,
     }
     status = StatusResponse.model_validate({**STATUS, "traffic": traffic})
-    line = "250.0 acts/s · p50 1.25 ms · p99 - ms · 240.0 transitions/s (last 60 s)"
-    assert line in render(status_view(status, "http://svc"))
+    text = render(status_view(status, "http://svc"))
+    assert "│ traffic        │ 250.0 acts/s · 240.0 transitions/s (last 60 s)" in text
+    assert "│ act latency    │ p50 1.25 ms · p99 - ms" in text
     # `up` uses it too, and then does not read /metrics (nothing listens at this URL)
     assert (
         latency_line(status, "http://127.0.0.1:9")

@@ -60,13 +60,24 @@ def hold_text(status: StatusResponse) -> Text:
     return Text(f"none{stored}")
 
 
-def traffic_line(traffic: TrafficView | None) -> str:
+def traffic_rows(traffic: TrafficView | None) -> Iterable[tuple[str, str]]:
+    """This replica's rates and act latency over its recent window ("-" before it reports one)."""
     if traffic is None:
-        return DASH
-    return (
-        f"{traffic.acts_per_s:.1f} acts/s · p50 {number(traffic.act_latency_p50_ms, '.2f')} ms · "
-        f"p99 {number(traffic.act_latency_p99_ms, '.2f')} ms · "
-        f"{traffic.transitions_per_s:.1f} transitions/s (last {traffic.window_s:.0f} s)"
+        yield "traffic", DASH
+        return
+    yield (
+        "traffic",
+        (
+            f"{traffic.acts_per_s:.1f} acts/s · {traffic.transitions_per_s:.1f} transitions/s "
+            f"(last {traffic.window_s:.0f} s)"
+        ),
+    )
+    yield (
+        "act latency",
+        (
+            f"p50 {number(traffic.act_latency_p50_ms, '.2f')} ms · "
+            f"p99 {number(traffic.act_latency_p99_ms, '.2f')} ms"
+        ),
     )
 
 
@@ -109,7 +120,8 @@ def status_view(status: StatusResponse, url: str) -> Group:
         Text("yes (`robot-sac resume`)", style="yellow") if status.learner_paused else "no",
     )
     table.add_row("transitions", number(status.transitions, "d"))
-    table.add_row("traffic", traffic_line(status.traffic))
+    for key, value in traffic_rows(status.traffic):
+        table.add_row(key, value)
     store_state = str(status.store.get("state", DASH))
     reason = status.store.get("reason")
     table.add_row("store", f"{store_state}{f' ({reason})' if reason else ''}")
