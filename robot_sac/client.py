@@ -33,10 +33,13 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import msgspec
+
+if TYPE_CHECKING:  # pydantic is loaded by status() only: acting and logging need no pydantic
+    from robot_sac.admin_schemas import StatusResponse
 
 log = logging.getLogger("robot_sac.client")
 # float32's largest finite value: the log stores float32 (robot_sac.schemas.FLOAT32_MAX, not
@@ -126,9 +129,12 @@ class RobotClient:
         answer = self._checked(self._http.post("/v1/act", json=body))
         return answer["action"], answer["policy_version"], answer["hold"]
 
-    def status(self) -> dict[str, Any]:
-        """``GET /v1/admin/status`` (needs the operator token when the service has tokens)."""
-        return self._checked(self._http.get("/v1/admin/status"))
+    def status(self) -> StatusResponse:
+        """``GET /v1/admin/status`` (needs the operator or viewer token when the service has
+        tokens)."""
+        from robot_sac.admin_schemas import StatusResponse
+
+        return StatusResponse.model_validate(self._checked(self._http.get("/v1/admin/status")))
 
     @staticmethod
     def _checked(response: httpx.Response) -> Any:

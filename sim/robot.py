@@ -15,13 +15,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
 from robot_sac.client import RobotClient, ServiceError
 from robot_sac.sim.envs import make_env
+
+if TYPE_CHECKING:
+    from robot_sac.admin_schemas import StatusResponse
 
 log = logging.getLogger("robot_sac.sim")
 
@@ -47,7 +50,7 @@ class Pacer:
 
     def __init__(self, client: RobotClient, slack: int = 20, period_s: float = 0.05) -> None:
         self.client, self.slack, self.period_s = client, slack, period_s
-        self._status: dict[str, Any] | None = None
+        self._status: StatusResponse | None = None
         self._read_at = -1e9
 
     def wait(self) -> None:
@@ -55,12 +58,15 @@ class Pacer:
             if time.monotonic() - self._read_at >= self.period_s:
                 self._status = self.client.status()
                 self._read_at = time.monotonic()
-            assert self._status is not None
-            task, learner = self._status["task"], self._status["learner"]
-            if task["utd"] <= 0:
+            status = self._status
+            assert status is not None
+            task, learner, logged = status.task, status.learner, status.transitions
+            if task is None or learner is None or logged is None:
+                return  # the service cannot read the store: nothing to pace by
+            if task.utd <= 0:
                 return  # the learner runs as fast as it can: nothing to pace
-            allowed = task["learning_starts"] + learner["updates"] / task["utd"] + self.slack
-            if self._status["transitions"] + self.client.pending < allowed:
+            allowed = task.learning_starts + learner.updates / task.utd + self.slack
+            if logged + self.client.pending < allowed:
                 return
             time.sleep(self.period_s)
 

@@ -138,7 +138,8 @@ def test_a_full_queue_blocks_the_robot_instead_of_dropping(tmp_path: Path):
 def test_operator_token_reads_status(secured_service: ThreadService):
     with RobotClient(secured_service.url, "ops", token=OPERATOR_TOKEN) as client:
         status = client.status()
-        assert status["served_version"] == 0 and status["task"]["obs_dim"] == 17
+        assert status.served_version == 0 and status.task is not None
+        assert status.task.obs_dim == 17
 
 
 def test_both_body_formats_store_the_same_float32_values(service: ThreadService):

@@ -33,7 +33,14 @@ from robot_sac.services.inference.deps import AppState, store_refusal
 from robot_sac.services.inference.fast_path import FastPath
 from robot_sac.services.inference.guard import Guard
 from robot_sac.services.inference.metrics import ServiceMetrics
-from robot_sac.services.inference.routers import act, admin, health, policy, transitions
+from robot_sac.services.inference.routers import (
+    act,
+    admin,
+    dashboard,
+    health,
+    policy,
+    transitions,
+)
 from robot_sac.services.inference.serving import ServingState
 from robot_sac.settings import Settings
 from robot_sac.store import Store, StoreBusy, StoreError, open_store
@@ -174,6 +181,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         app.include_router(module.router)
     openapi.document(app)
     openapi.serve_docs(app)
+    dashboard.serve_dashboard(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,1 +1,1 @@
-"""One router per resource: act, transitions, policy, admin, health."""
+"""One router per resource: act, transitions, policy, admin, health, and the dashboard page."""
