@@ -13,11 +13,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from robot_sac.cli.app import DEFAULT_URL, OPERATE_PANEL, app, fail
+
+if TYPE_CHECKING:  # imported inside the commands, so `robot-sac --help` does not load them
+    from rich.console import Console
+
+    from robot_sac.cli.admin_client import AdminClient
 
 UrlOption = Annotated[
     str,
@@ -52,7 +57,7 @@ RobotArgument = Annotated[
 
 
 @contextmanager
-def _client(url: str, token: str | None) -> Iterator[Any]:
+def _client(url: str, token: str | None) -> Iterator[AdminClient]:
     """An admin client; any failure inside becomes one line on stderr and exit 1."""
     from robot_sac.cli.admin_client import AdminClient, ServiceError
 
@@ -67,7 +72,7 @@ def _print_json(raw: Any) -> None:
     sys.stdout.write(json.dumps(raw, indent=2) + "\n")
 
 
-def _console() -> Any:
+def _console() -> Console:
     from rich.console import Console
 
     return Console(highlight=False)
@@ -133,8 +138,8 @@ def policies(
         if json_:
             _print_json(reply.raw)
             return
-        status = client.status()  # which version is served, and whether it is pinned
-    _console().print(policies_view(reply.model, status.model))
+        serving = client.status()  # which version is served, and whether it is pinned
+    _console().print(policies_view(reply.model, serving.model))
 
 
 # -- acting ----------------------------------------------------------------------------------
