@@ -18,9 +18,10 @@ HEAVY = {"fastapi", "uvicorn", "starlette", "pybullet", "gymnasium", "panda_gym"
 
 
 def core_modules() -> list[str]:
+    """Every module of the core, those of its packages (robot_sac.cli, robot_sac.store) too."""
     names = ["robot_sac"]
-    for info in pkgutil.iter_modules(robot_sac.__path__, "robot_sac."):
-        if info.name not in ("robot_sac.services", "robot_sac.sim"):
+    for info in pkgutil.walk_packages(robot_sac.__path__, "robot_sac."):
+        if not info.name.startswith(("robot_sac.services", "robot_sac.sim")):
             names.append(info.name)
     return names
 
@@ -38,6 +39,7 @@ def test_core_modules_are_found():
         "robot_sac.sac",
         "robot_sac.policy",
         "robot_sac.cli",
+        "robot_sac.cli.operate",
     ):
         assert expected in mods
 

@@ -1,0 +1,22 @@
+"""The ``robot-sac`` command: the composition root of the project.
+
+This is the one package of the core that may reach ``robot_sac.services`` and ``robot_sac.sim``,
+and it does so only inside the commands that need them, so ``import robot_sac.cli`` stays light.
+
+One module per concern: :mod:`~robot_sac.cli.app` (the typer app, shared options, ``main``),
+:mod:`~robot_sac.cli.run` (serve, learn, sim), :mod:`~robot_sac.cli.up` (``up``, with
+:mod:`~robot_sac.cli.supervisor` and :mod:`~robot_sac.cli.live`), :mod:`~robot_sac.cli.operate`
+(the operator's commands, over :mod:`~robot_sac.cli.admin_client`, printed by
+:mod:`~robot_sac.cli.views`), :mod:`~robot_sac.cli.plot` and :mod:`~robot_sac.cli.train_local`.
+"""
+
+from __future__ import annotations
+
+# Importing a command module registers its commands on `app`; this order is the help's order.
+# isort: off
+from robot_sac.cli import run, up, operate, plot, train_local  # noqa: F401
+
+# isort: on
+from robot_sac.cli.app import DEFAULT_ENV, app, main
+
+__all__ = ["DEFAULT_ENV", "app", "main"]

@@ -1,0 +1,93 @@
+"""The ``robot-sac`` typer app, the options several commands share, and :func:`main`.
+
+The commands live in the sibling modules and register themselves on :data:`app` when
+``robot_sac.cli`` is imported. Every module of this package imports only typer and the standard
+library at import time; torch, the services and the simulators are imported inside the commands
+that need them, so ``robot-sac --help`` and the operator commands start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from robot_sac import __version__
+
+# The task `up` and `sim` run when none is given: it learns in minutes on a laptop CPU.
+DEFAULT_ENV = "PandaReachDense-v3"
+# The port `serve` binds by default (Settings.port; a test keeps the two equal), so the
+# operator commands and `sim` reach a default service without flags.
+DEFAULT_PORT = 8000
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+# Help panels: `robot-sac --help` groups the commands by what the user is doing.
+RUN_PANEL = "Run the loop"
+OPERATE_PANEL = "Operate a running service (--url, --token)"
+TOOLS_PANEL = "Tools"
+
+app = typer.Typer(
+    help="robot_sac: Soft Actor-Critic for robots that learn while they work.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Options several commands share.
+EnvOption = Annotated[str | None, typer.Option(help="Gymnasium env id of the task.")]
+TaskOption = Annotated[
+    Path | None, typer.Option(help="Task file (JSON or TOML) describing a real robot.")
+]
+DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")]
+StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"robot-sac {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """robot_sac: Soft Actor-Critic for robots that learn while they work."""
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``robot-sac: <message>`` as one line on stderr; the caller raises what this returns."""
+    say_error(message)
+    return typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """``robot-sac: <message>`` on stderr, whitespace (newlines too) folded into one line."""
+    typer.echo(f"robot-sac: {' '.join(message.split())}", err=True)
+
+
+def main() -> None:
+    """The console script: run the command; a usage error is one line, not a box.
+
+    Typer's standalone mode would draw usage errors in a box over several lines; here they are
+    caught and printed as one line, like every other error of the command.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors its own click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click shows it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        say_error(f"{exc.format_message()}{hint}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input or Ctrl-C at a prompt
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

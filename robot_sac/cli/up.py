@@ -1,0 +1,130 @@
+"""``robot-sac up``: the service, the learner and simulated robots on one machine, supervised."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from robot_sac.cli.app import DEFAULT_ENV, DEFAULT_PORT, RUN_PANEL, app
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from robot_sac.schemas import TaskSpec
+
+
+@app.command(rich_help_panel=RUN_PANEL)
+def up(
+    env: Annotated[str, typer.Option(help="Gymnasium env id of the task.")] = DEFAULT_ENV,
+    robots: Annotated[int, typer.Option(min=1, help="Simulated robots.")] = 2,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Stop after this many environment steps in all (default: Ctrl-C)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the store, policies and learner live.")
+    ] = Path("data"),
+    port: Annotated[
+        int, typer.Option(help="Port of the inference service (another if it is taken).")
+    ] = DEFAULT_PORT,
+    seed: Annotated[int, typer.Option(help="Seed of the robots.")] = 0,
+    publish_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Publish a version every N updates (robots paced to the learner act on it)."
+        ),
+    ] = 25,
+) -> None:
+    """Run the whole loop on this machine: the service, the learner and simulated robots.
+
+    Robots act through the service over HTTP, the learner trains on what they log and publishes
+    versions the service swaps in. The robots keep to the learner's update-to-data ratio, as real
+    robots at their control rate would. With --steps it stops by itself; Ctrl-C stops everything
+    cleanly (the learner checkpoints); running it again on the same data directory resumes.
+    """
+    import signal
+
+    from rich.console import Console
+
+    from robot_sac.cli import live, supervisor
+    from robot_sac.cli.resolve import task_spec
+    from robot_sac.sim.fleet import Fleet
+
+    console = Console()
+    spec = task_spec(env, None)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    port = port if supervisor.port_free(port) else supervisor.free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    fleet = None
+    failure = None
+    try:
+        console.print(f"[bold]robot-sac up[/]: {env}, {robots} robots, data in {data_dir}")
+        service_args = ["serve", "--env", env, "--data-dir", str(data_dir), "--port", str(port)]
+        procs["service"] = supervisor.spawn(
+            [*service_args, "--log-level", "warning"], logs / "service.log"
+        )
+        supervisor.wait_ready(url, procs["service"], logs / "service.log")
+        learner_args = ["learn", "--env", env, "--data-dir", str(data_dir), "--no-progress"]
+        procs["learner"] = supervisor.spawn(
+            [
+                *learner_args,
+                *("--threads", "1", "--publish-every", str(publish_every)),
+                # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
+                # (about 0.3 MB a version), unless the user chose their own retention.
+                *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
+                *("--log-level", "warning"),
+            ],
+            logs / "learner.log",
+        )
+        per_robot = None if steps is None else -(-steps // robots)
+        fleet = Fleet(url, env, robots, per_robot, seed, pace=True).start()
+        live.watch(console, url, fleet, procs, spec.name)
+        if steps is not None:
+            _wait_for_learner(url, spec, steps, procs["learner"])
+    except KeyboardInterrupt:
+        console.print("stopping: robots flush their transitions, the learner checkpoints...")
+    except RuntimeError as exc:  # a part failed to start or exited: said once it is all stopped
+        failure = str(exc)
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        supervisor.stop(procs.get("learner"), 120)
+        summary = live.fetch_status(url)
+        supervisor.stop(procs.get("service"), 30)
+    if summary is not None:
+        console.print(live.final_summary(summary, data_dir, env))
+    # uvicorn re-raises the SIGTERM it was stopped with, so the service's clean exit is -15
+    clean = {"service": (0, None, -signal.SIGTERM), "learner": (0, None)}
+    failed = [name for name, p in procs.items() if p.returncode not in clean[name]]
+    problems = [failure] if failure else []
+    if failed:
+        problems.append(f"exited with an error: {', '.join(failed)}")
+    if fleet is not None and fleet.failed:
+        problems.append("a robot failed")
+    if problems:
+        Console(stderr=True).print(f"[red]robot-sac up: {'; '.join(problems)}[/]; see {logs}")
+        raise typer.Exit(1)
+
+
+def _wait_for_learner(
+    url: str, spec: TaskSpec, steps: int, learner: subprocess.Popen[bytes], timeout: float = 600.0
+) -> None:
+    """After the last step, let the learner finish the updates that data allows."""
+    from robot_sac.cli.live import learner_caught_up
+
+    cfg = spec.sac
+    due = int(cfg.utd * max(0, steps - cfg.learning_starts)) if cfg.utd > 0 else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and learner.poll() is None:
+        if learner_caught_up(url, due, slack=int(cfg.utd * 5)):
+            return
+        time.sleep(0.2)
