@@ -1360,6 +1360,8 @@ def test_a_pin_and_a_prune_racing_never_leave_the_pin_on_a_deleted_version(
 ) -> None:
     pinner, pruner = make_store(), make_store()
     register_versions(pinner, 30)
+    # Pinned from the start, so a pruner that outruns every later pin still races one.
+    pinner.update_control(mode="pinned", pinned_version=29)
     errors: list[BaseException] = []
 
     def pin_each() -> None:
