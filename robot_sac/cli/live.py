@@ -79,7 +79,7 @@ def view(url: str, task: str) -> Table:
         success = "" if e.success_rate is None else f" · success {e.success_rate:.0%}"
         mean = "-" if e.mean_return is None else f"{e.mean_return:.2f}"
         table.add_row(f"version {e.version}", f"{e.episodes} episodes · return {mean}{success}")
-    table.add_row("API docs · metrics", f"{url}/docs · {url}/metrics")
+    table.add_row("dashboard · API docs · metrics", f"{url}/ · {url}/docs · {url}/metrics")
     return table
 
 
