@@ -13,7 +13,9 @@ class Fleet:
     """``robots`` simulated robots acting on ``env_id`` through the service at ``url``.
 
     Robot ``i`` is named ``sim-<i>`` and seeded ``seed + i``; ``steps`` is per robot (None: run
-    until stopped). Episode reports arrive through :meth:`reports`.
+    until stopped). Episode reports arrive through :meth:`reports`. ``token`` is the robot
+    token; ``status_token`` (a viewer or operator token) reads the status that ``pace`` keeps
+    to, when the service has tokens.
     """
 
     def __init__(
@@ -26,6 +28,7 @@ class Fleet:
         rate_hz: float | None = None,
         token: str | None = None,
         pace: bool = False,
+        status_token: str | None = None,
     ) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter per robot: its own physics client
         self._queue: Any = ctx.Queue()
@@ -43,6 +46,7 @@ class Fleet:
                         "rate_hz": rate_hz,
                         "token": token,
                         "pace": pace,
+                        "status_token": status_token,
                     },
                     self._queue,
                     self._stop,

@@ -45,18 +45,25 @@ class Pacer:
     A robot waits while the log (with what it has queued) holds more than
     ``learning_starts + updates / utd + slack`` transitions: the learner is behind, and data it
     cannot use yet would come from a stale policy. Reads ``/v1/admin/status`` at most every
-    ``period_s``.
+    ``period_s``, through ``reader`` (a client with a token that may read it) or ``client``.
     """
 
-    def __init__(self, client: RobotClient, slack: int = 20, period_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        client: RobotClient,
+        reader: RobotClient | None = None,
+        slack: int = 20,
+        period_s: float = 0.05,
+    ) -> None:
         self.client, self.slack, self.period_s = client, slack, period_s
+        self.reader = reader or client
         self._status: StatusResponse | None = None
         self._read_at = -1e9
 
     def wait(self) -> None:
         while True:
             if time.monotonic() - self._read_at >= self.period_s:
-                self._status = self.client.status()
+                self._status = self.reader.status()
                 self._read_at = time.monotonic()
             status = self._status
             assert status is not None
@@ -99,6 +106,7 @@ def run_robot(
     rate_hz: float | None = None,
     token: str | None = None,
     pace: bool = False,
+    status_token: str | None = None,
     on_episode: Callable[[EpisodeReport], None] | None = None,
     run_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -116,7 +124,9 @@ def run_robot(
     # send small batches promptly, so the learner is never kept waiting for data in our queue.
     batching = {"batch_size": 8, "flush_interval_s": 0.05} if pace else {}
     client = RobotClient(url, robot_id, token=token, **batching)
-    pacer = Pacer(client) if pace else None
+    # The status is an operator's (or viewer's) route: a robot token may not read it.
+    reader = RobotClient(url, robot_id, token=status_token) if pace and status_token else None
+    pacer = Pacer(client, reader) if pace else None
     period = None if not rate_hz else 1.0 / rate_hz
     try:
         obs, _ = env.reset(seed=seed)
@@ -162,6 +172,8 @@ def run_robot(
         client.flush()
     finally:
         client.close(timeout_s=60.0)
+        if reader is not None:
+            reader.close()
         env.close()
     return reports
 

@@ -58,3 +58,29 @@ def test_up_learns_panda_reach_in_6000_steps(tmp_path: Path):
     )
     success = np.mean([e.success for e in episodes])
     assert success >= 0.9, f"success {success:.0%}: {episodes}"
+
+
+def test_up_runs_with_the_tokens_in_the_environment(tmp_path: Path) -> None:
+    """An operator who exported the tokens (as the README's Security section says) can still run
+    `up`: robots act with the robot token, the live view and pacing read with the viewer's."""
+    import os
+
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "ROBOT_SAC_ROBOT_TOKEN": "robot-token-0123456789",
+        "ROBOT_SAC_OPERATOR_TOKEN": "operator-token-0123456789",
+        "ROBOT_SAC_VIEWER_TOKEN": "viewer-token-0123456789",
+    }
+    cmd = [sys.executable, "-m", "robot_sac.cli", "up", "--env", "Pendulum-v1", "--steps", "300"]
+    cmd += ["--data-dir", str(data), "--port", str(free_port())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "done: 300 transitions logged" in done.stdout
+    service_log = (data / "logs" / "service.log").read_text()
+    assert "no tokens configured" not in service_log  # the service did run with the tokens
+    store = open_existing(data)
+    try:
+        assert store.transition_count() == 300
+    finally:
+        store.close()

@@ -16,12 +16,13 @@ if TYPE_CHECKING:
     from robot_sac.sim.fleet import Fleet
 
 
-def fetch_status(url: str) -> StatusResponse | None:
-    """The service's status, or ``None`` while it cannot be had (starting, stopping, busy)."""
+def fetch_status(url: str, token: str | None = None) -> StatusResponse | None:
+    """The service's status, or ``None`` while it cannot be had (starting, stopping, busy);
+    ``token``: an operator or viewer token, when the service has tokens."""
     from robot_sac.cli.admin_client import AdminClient, ServiceError
 
     try:
-        with AdminClient(url, timeout=5.0) as client:
+        with AdminClient(url, token, timeout=5.0) as client:
             return client.status().model
     except ServiceError:
         return None
@@ -56,11 +57,11 @@ def latency_line(status: StatusResponse | None, url: str) -> str:
     return f"p50 ≤ {latency[0]:.2f} ms · p99 ≤ {latency[1]:.2f} ms"
 
 
-def view(url: str, task: str) -> Table:
+def view(url: str, task: str, token: str | None = None) -> Table:
     """One refresh of the live table."""
     from rich.table import Table
 
-    status = fetch_status(url)
+    status = fetch_status(url, token)
     table = Table(title=f"robot_sac · {task}", show_header=False, expand=False)
     if status is None:
         table.add_row("service", "not answering yet")
@@ -89,19 +90,20 @@ def watch(
     fleet: Fleet,
     procs: dict[str, subprocess.Popen[bytes]],
     task: str,
+    token: str | None = None,
 ) -> None:
     """Refresh the live table until the robots are done; raise if a part exits on its own."""
     from rich.live import Live
 
-    with Live(view(url, task), console=console, refresh_per_second=2) as live:
+    with Live(view(url, task, token), console=console, refresh_per_second=2) as live:
         while not fleet.done:
             fleet.reports()  # drained so the queue does not grow; the table reads the store
             for name, proc in procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"the {name} exited unexpectedly (code {proc.returncode})")
-            live.update(view(url, task))
+            live.update(view(url, task, token))
             time.sleep(0.5)
-        live.update(view(url, task))
+        live.update(view(url, task, token))
 
 
 def final_summary(status: StatusResponse, data_dir: Path, env: str) -> str:
@@ -124,8 +126,8 @@ def final_summary(status: StatusResponse, data_dir: Path, env: str) -> str:
     return "\n".join(lines)
 
 
-def learner_caught_up(url: str, due_updates: int, slack: int) -> bool:
+def learner_caught_up(url: str, due_updates: int, slack: int, token: str | None = None) -> bool:
     """Whether the learner has done ``due_updates`` (less ``slack``) by the service's status."""
-    status = fetch_status(url)
+    status = fetch_status(url, token)
     done = 0 if status is None or status.learner is None else status.learner.updates
     return done >= due_updates - slack

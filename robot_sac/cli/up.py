@@ -63,6 +63,15 @@ def up(
     logs.mkdir(exist_ok=True)
     port = port if supervisor.port_free(port) else supervisor.free_port()
     url = f"http://127.0.0.1:{port}"
+    # Tokens in the environment reach the service (it reads them itself); the robots act with
+    # the robot token, and the live view and the robots' pacing read the status with the
+    # viewer's (else the operator's) token.
+    robot_token = os.environ.get("ROBOT_SAC_ROBOT_TOKEN") or None
+    status_token = (
+        os.environ.get("ROBOT_SAC_VIEWER_TOKEN")
+        or os.environ.get("ROBOT_SAC_OPERATOR_TOKEN")
+        or None
+    )
     procs: dict[str, subprocess.Popen[bytes]] = {}
     fleet = None
     failure = None
@@ -86,10 +95,19 @@ def up(
             logs / "learner.log",
         )
         per_robot = None if steps is None else -(-steps // robots)
-        fleet = Fleet(url, env, robots, per_robot, seed, pace=True).start()
-        live.watch(console, url, fleet, procs, spec.name)
+        fleet = Fleet(
+            url,
+            env,
+            robots,
+            per_robot,
+            seed,
+            token=robot_token,
+            status_token=status_token,
+            pace=True,
+        ).start()
+        live.watch(console, url, fleet, procs, spec.name, status_token)
         if steps is not None:
-            _wait_for_learner(url, spec, steps, procs["learner"])
+            _wait_for_learner(url, spec, steps, procs["learner"], status_token)
     except KeyboardInterrupt:
         console.print("stopping: robots flush their transitions, the learner checkpoints...")
     except RuntimeError as exc:  # a part failed to start or exited: said once it is all stopped
@@ -98,7 +116,7 @@ def up(
         if fleet is not None:
             fleet.stop()
         supervisor.stop(procs.get("learner"), 120)
-        summary = live.fetch_status(url)
+        summary = live.fetch_status(url, status_token)
         supervisor.stop(procs.get("service"), 30)
     if summary is not None:
         console.print(live.final_summary(summary, data_dir, env))
@@ -116,7 +134,12 @@ def up(
 
 
 def _wait_for_learner(
-    url: str, spec: TaskSpec, steps: int, learner: subprocess.Popen[bytes], timeout: float = 600.0
+    url: str,
+    spec: TaskSpec,
+    steps: int,
+    learner: subprocess.Popen[bytes],
+    token: str | None,
+    timeout: float = 600.0,
 ) -> None:
     """After the last step, let the learner finish the updates that data allows."""
     from robot_sac.cli.live import learner_caught_up
@@ -125,6 +148,6 @@ def _wait_for_learner(
     due = int(cfg.utd * max(0, steps - cfg.learning_starts)) if cfg.utd > 0 else 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and learner.poll() is None:
-        if learner_caught_up(url, due, slack=int(cfg.utd * 5)):
+        if learner_caught_up(url, due, slack=int(cfg.utd * 5), token=token):
             return
         time.sleep(0.2)
