@@ -337,17 +337,19 @@ async def press_hold(state: AppState, request: Incoming) -> bytes:
     return (await _hold_now(state, robot_id)).model_dump_json().encode()
 
 
+# The hold's and the release's body, read by hand (the hold on the fast path): optional.
+_OPTIONAL_HOLD_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HoldRequest"}}},
+    }
+}
+
+
 @router.post(
     "/hold",
     response_model=StatusResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/HoldRequest"}}
-            },
-        }
-    },
+    openapi_extra=_OPTIONAL_HOLD_BODY,
 )
 async def hold(request: Request, state: AppState = Depends(get_state)) -> Response:
     """Every act (or, with ``{"robot_id": ...}``, every act of that robot) answers the task's
@@ -366,14 +368,7 @@ async def hold(request: Request, state: AppState = Depends(get_state)) -> Respon
 @router.post(
     "/release",
     response_model=StatusResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/HoldRequest"}}
-            },
-        }
-    },
+    openapi_extra=_OPTIONAL_HOLD_BODY,
 )
 async def release(request: Request, state: AppState = Depends(get_state)) -> StatusResponse:
     """End the hold for every robot (no body), or one robot's own hold (``{"robot_id": ...}``),
