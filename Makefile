@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup up test test-fast lint format bench clean
+.PHONY: setup up test test-fast lint typecheck format bench clean
 
 $(BIN)/robot-sac: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy cannot follow pyproject's package-dir mapping (services/ and sim/ install as
+# robot_sac.services and robot_sac.sim): it checks a tree of links laid out as installed.
+typecheck: setup  ## mypy over the installed layout of robot_sac, services and sim
+	rm -rf .mypy-tree && mkdir -p .mypy-tree/robot_sac
+	ln -s $(CURDIR)/robot_sac/* .mypy-tree/robot_sac/
+	ln -s $(CURDIR)/services .mypy-tree/robot_sac/services
+	ln -s $(CURDIR)/sim .mypy-tree/robot_sac/sim
+	cd .mypy-tree && $(CURDIR)/$(BIN)/python -m mypy -p robot_sac --ignore-missing-imports
+
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -38,4 +47,4 @@ bench: setup  ## the core benchmarks (minutes; they print figures and write benc
 	$(BIN)/python bench/gradient_estimators.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache .mypy-tree *.egg-info

@@ -32,7 +32,7 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -151,10 +151,10 @@ class RobotClient:
         self,
         episode_id: str,
         step: int,
-        obs: Sequence[float],
-        action: Sequence[float],
+        obs: Iterable[float],
+        action: Iterable[float],
         reward: float,
-        next_obs: Sequence[float],
+        next_obs: Iterable[float],
         terminated: bool,
         truncated: bool,
         policy_version: int | None = None,
@@ -195,7 +195,7 @@ class RobotClient:
             if len(self._queue) >= self.batch_size:
                 self._cond.notify_all()
 
-    def _vector(self, name: str, values: Sequence[float]) -> list[float] | bytes:
+    def _vector(self, name: str, values: Iterable[float]) -> list[float] | bytes:
         floats = [float(x) for x in values]
         if not all(math.isfinite(x) and abs(x) <= _FLOAT32_MAX for x in floats):
             raise ValueError(f"{name} holds a value that is not a finite float32: {floats}")

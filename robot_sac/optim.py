@@ -95,7 +95,7 @@ class FusedAdam(torch.optim.Adam):
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(
                 params,
-                [p.grad for p in params],
+                [p.grad for p in params],  # type: ignore[misc]  # every param has a grad here
                 exp_avgs,
                 exp_avg_sqs,
                 [],

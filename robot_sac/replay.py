@@ -63,7 +63,7 @@ class Batch(NamedTuple):
     terminated: Tensor
 
 
-ArrayLike = np.ndarray | Tensor
+ArrayLike = np.ndarray | Tensor | float  # a float: one reward or terminated flag
 
 
 class ReplayBuffer:

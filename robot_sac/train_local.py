@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class Env(Protocol):
 
     def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]: ...
 
-    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]: ...
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]: ...
 
 
 @dataclass
@@ -74,7 +74,8 @@ def rollout(
     out = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
-        total, length, done, info = 0.0, 0, False, {}
+        total, length, done = 0.0, 0, False
+        info: dict[str, Any] = {}
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(np.asarray(obs, np.float32)))
             total += float(reward)

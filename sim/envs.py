@@ -65,6 +65,7 @@ class ReproducibleResets(gym.Wrapper, gym.utils.RecordConstructorArgs):  # type:
             self._seeds = np.random.default_rng(seed)
             if self._rebuild and not self._fresh:
                 spec = self.env.spec  # the inner stack, recreated by Gymnasium itself
+                assert spec is not None  # made by gym.make, which records it
                 self.env.close()
                 self.env = gym.make(spec)
         else:

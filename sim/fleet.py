@@ -65,7 +65,7 @@ class Fleet:
 
     def reports(self) -> list[EpisodeReport]:
         """Episodes finished since the last call (never blocks)."""
-        out = []
+        out: list[EpisodeReport] = []
         while True:
             try:
                 item = self._queue.get_nowait()

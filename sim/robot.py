@@ -122,8 +122,11 @@ def run_robot(
     reports: list[EpisodeReport] = []
     # A paced robot stands in for in-process SAC, whose learner trains on every step at once:
     # send small batches promptly, so the learner is never kept waiting for data in our queue.
-    batching = {"batch_size": 8, "flush_interval_s": 0.05} if pace else {}
-    client = RobotClient(url, robot_id, token=token, **batching)
+    client = (
+        RobotClient(url, robot_id, token=token, batch_size=8, flush_interval_s=0.05)
+        if pace
+        else RobotClient(url, robot_id, token=token)
+    )
     # The status is an operator's (or viewer's) route: a robot token may not read it.
     reader = RobotClient(url, robot_id, token=status_token) if pace and status_token else None
     pacer = Pacer(client, reader) if pace else None

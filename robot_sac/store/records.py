@@ -54,16 +54,27 @@ class TransitionLike(Protocol):
     A vector may also be ``bytes``: its values as little-endian float32, as the log stores them.
     """
 
-    robot_id: str
-    episode_id: str
-    step: int
-    obs: Sequence[float] | bytes
-    action: Sequence[float] | bytes
-    reward: float
-    next_obs: Sequence[float] | bytes
-    terminated: bool
-    truncated: bool
-    policy_version: int | None
+    # Read-only members (properties), so that a list of floats is a Sequence[float] here.
+    @property
+    def robot_id(self) -> str: ...
+    @property
+    def episode_id(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def obs(self) -> Sequence[float] | bytes: ...
+    @property
+    def action(self) -> Sequence[float] | bytes: ...
+    @property
+    def reward(self) -> float: ...
+    @property
+    def next_obs(self) -> Sequence[float] | bytes: ...
+    @property
+    def terminated(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
+    @property
+    def policy_version(self) -> int | None: ...
 
 
 class LogRows(NamedTuple):

@@ -191,7 +191,7 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
     @app.exception_handler(ValidationError)
     async def _body_validation(request: Request, exc: ValidationError) -> JSONResponse:
         # Bodies parsed by hand (the act path) raise pydantic's own error type.
-        status, detail = describe_validation_errors(list(exc.errors()))
+        status, detail = describe_validation_errors([dict(e) for e in exc.errors()])
         return JSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(StoreError)

@@ -183,7 +183,7 @@ class MicroBatcher:
         self.metrics.forward_passes.inc()
         self.metrics.batch_size.observe(obs.shape[0])
         if policy.device.type == "cpu" and obs.shape[0] <= NUMPY_MAX_ROWS:
-            actions, bad = policy.act_numpy(obs, per_row if mixed else flags[0])
+            actions, bad = policy.act_numpy(obs, flags[0] if per_row is None else per_row)
             return actions, int(bad.sum())
         deterministic: bool | torch.Tensor = flags[0]
         if per_row is not None:

@@ -177,6 +177,7 @@ class _LearnerCollector(Collector):
         heartbeat = GaugeMetricFamily(
             "robot_sac_learner_heartbeat_age_seconds", "Seconds since the learner's last status."
         )
+        assert age is not None  # a status row has a heartbeat
         heartbeat.add_metric([], age)
         yield heartbeat
         faulted = GaugeMetricFamily(

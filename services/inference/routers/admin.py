@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -63,11 +63,13 @@ def learner_view(status: dict[str, Any] | None, now: float) -> LearnerView:
     # infinity, so they are shown as null.
     reported = LearnerStatus.model_validate(_finite_or_none(status))
     age = now - reported.heartbeat
-    state = (
-        "offline"
-        if age > LEARNER_OFFLINE_AFTER_S
-        else (reported.state if reported.state in ("paused", "faulted") else "running")
-    )
+    state: Literal["running", "paused", "offline", "faulted"] = "running"
+    if age > LEARNER_OFFLINE_AFTER_S:
+        state = "offline"
+    elif reported.state == "paused":
+        state = "paused"
+    elif reported.state == "faulted":
+        state = "faulted"
     return LearnerView(
         **reported.model_dump(exclude={"state"}),
         state=state,
