@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.schemas import Transition
 from robot_sac.services.learner import Learner
-from robot_sac.services.learner.telemetry import UtdWindow
+from robot_sac.services.learner.telemetry import BehindAlarm, UtdWindow
 from robot_sac.settings import Settings
 from robot_sac.store import Store, open_store
 from tests.test_learner import TASK, transitions
@@ -53,6 +53,48 @@ def test_the_window_compares_now_with_the_newest_mark_at_least_a_window_old() ->
     w.observe(100.0, updates=600, consumed=800)  # 30 s and more without a transition
     assert w.ratio(updates=600, consumed=800) is None
     assert w.ratio(updates=550, consumed=900) == 0.0  # a rollback: no negative ratio
+
+
+def test_the_behind_alarm_warns_only_when_training_far_below_the_target() -> None:
+    alarm = BehindAlarm(share=0.5, window_s=30.0, every_s=60.0)
+    assert alarm.check(0.0, training=False, target=1.0, achieved=0.1) is None  # waiting
+    assert alarm.check(10.0, training=True, target=1.0, achieved=0.1) is None  # just started
+    assert alarm.check(39.0, training=True, target=1.0, achieved=0.1) is None  # < a window
+    warning = alarm.check(40.0, training=True, target=1.0, achieved=0.45)
+    assert warning is not None and "0.45" in warning and "50%" in warning
+    assert alarm.check(90.0, training=True, target=1.0, achieved=0.1) is None  # said lately
+    assert alarm.check(100.0, training=True, target=1.0, achieved=0.1) is not None
+    assert alarm.check(200.0, training=True, target=1.0, achieved=0.5) is None  # at the share
+    assert alarm.check(300.0, training=True, target=1.0, achieved=None) is None  # no new data
+    assert alarm.check(400.0, training=True, target=0.0, achieved=0.0) is None  # unpaced
+    alarm.check(500.0, training=False, target=1.0, achieved=0.1)  # paused: a fresh start after
+    assert alarm.check(510.0, training=True, target=1.0, achieved=0.1) is None
+
+
+def test_a_learner_behind_its_robots_says_so_in_its_log(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="robot_sac.learner")
+    store.append(transitions(0, 300))
+    learner = make_learner(tmp_path / "data", store)
+    # The ratio over the learner's whole life (a window longer than the test), the alarm after
+    # 0.2 s of training: the test's scale of the 30 s and 60 s a service uses.
+    learner.utd_window = UtdWindow(window_s=1e6)
+    learner.behind = BehindAlarm(window_s=0.2, every_s=60.0)
+    try:
+        learner.run(lambda: False, max_updates=100)  # all 100 updates the data allows
+        assert learner.status().state == "running"  # training from here
+        assert not caplog.records  # keeping up: 100 updates for 100 steps past learning_starts
+        store.append(transitions(300, 400))  # 400 new steps, and only 40 more updates
+        learner.run(lambda: False, max_updates=140)
+        time.sleep(0.25)
+        status = learner.status()
+        # about 140 updates for the 400 steps since the window's first mark (at the first
+        # status, a few updates in; a pass may run a few past 140)
+        assert status.utd_effective is not None and 0.3 < status.utd_effective < 0.4
+        assert any("robots log faster than it trains" in r.message for r in caplog.records)
+    finally:
+        learner.close()
 
 
 def test_utd_effective_env_steps_and_data_age_on_a_controlled_run(

@@ -74,6 +74,12 @@ def view(url: str, task: str, token: str | None = None) -> Table:
             f"{learner.state} · {learner.updates} updates · {learner.updates_per_s:.0f}/s · "
             f"replay {learner.replay_size}",
         )
+        if learner.utd_effective is not None and learner.utd:
+            table.add_row(
+                "update-to-data",
+                f"{learner.utd_effective:.2f} achieved · target {learner.utd:g}"
+                + (" (behind the robots)" if learner.utd_effective < 0.5 * learner.utd else ""),
+            )
     table.add_row("transitions logged", str(status.transitions))
     table.add_row("act latency", latency_line(status, url))
     for e in (status.episodes or [])[-5:]:

@@ -62,7 +62,7 @@ from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuff
 from robot_sac.sac import SAC
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoint
-from robot_sac.services.learner.telemetry import UtdWindow, open_board
+from robot_sac.services.learner.telemetry import BehindAlarm, UtdWindow, open_board
 from robot_sac.settings import Settings
 from robot_sac.store import LogRows, PolicyRecord, Store, StoreError
 
@@ -135,6 +135,7 @@ class Learner:
         self._next = {"control": 0.0, "pull": 0.0, "status": 0.0}
         self._rate_mark = (time.monotonic(), 0)
         self.utd_window = UtdWindow()
+        self.behind = BehindAlarm()
         self._caught_up_at: float | None = None  # monotonic start of the last read that drained
         self._board = open_board(self.dir / "tb") if tensorboard else None
         self._logged_versions: set[int] = set()
@@ -507,6 +508,9 @@ class Learner:
             state = "faulted"
         else:
             state = "paused" if self.paused else ("waiting" if waiting else "running")
+        warning = self.behind.check(now, state == "running", self.cfg.utd, utd_effective)
+        if warning is not None:
+            log.warning(warning)
         return LearnerStatus(
             state=state,
             heartbeat=time.time(),

@@ -59,6 +59,49 @@ class UtdWindow:
         return max(0, updates - updates_then) / new_data
 
 
+class BehindAlarm:
+    """When to warn that the learner trains far below its configured update-to-data ratio.
+
+    Real robots are not paced: robots that log faster than the learner can train make it fall
+    behind silently (fewer updates per step than configured, and learning per step worse). It
+    warns when the ratio achieved over the window is below ``share`` of the target, once the
+    learner has been training (not waiting for ``learning_starts``) for a whole window (before,
+    the window holds the data it waited for), and then at most every ``every_s``.
+    """
+
+    def __init__(
+        self, share: float = 0.5, window_s: float = UTD_WINDOW_S, every_s: float = 60.0
+    ) -> None:
+        self.share, self.window_s, self.every_s = share, window_s, every_s
+        self._training_since: float | None = None
+        self._warned_at = -float("inf")
+
+    def check(
+        self, now: float, training: bool, target: float, achieved: float | None
+    ) -> str | None:
+        """The warning to log now, or None."""
+        if not training:
+            self._training_since = None
+            return None
+        if self._training_since is None:
+            self._training_since = now
+        if (
+            target <= 0
+            or achieved is None
+            or achieved >= self.share * target
+            or now - self._training_since < self.window_s
+            or now - self._warned_at < self.every_s
+        ):
+            return None
+        self._warned_at = now
+        return (
+            f"the learner achieves an update-to-data ratio of {achieved:.2f}, under "
+            f"{self.share:.0%} of the configured {target:g}: the robots log faster than it "
+            "trains, so each step teaches less than configured (a GPU, fewer or slower robots, "
+            "or a lower utd would match them)"
+        )
+
+
 class Board:
     """TensorBoard scalars, each against updates and (prefixed ``env_steps/``) env steps."""
 
