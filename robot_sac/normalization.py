@@ -35,6 +35,7 @@ from robot_sac.replay import Batch
 
 DEFAULT_CLIP = 10.0
 DEFAULT_EPS = 1e-8
+_F32 = np.finfo(np.float32)
 
 
 class RunningMeanStd:
@@ -90,8 +91,13 @@ class RunningMeanStd:
         return self.m2 / self.count
 
     def frozen(self, clip: float = DEFAULT_CLIP, eps: float = DEFAULT_EPS) -> ObsNormalization:
-        """The statistics as of now, as the float32 normalisation a version ships."""
-        std = np.sqrt(self.var + eps)
+        """The statistics as of now, as the float32 normalisation a version ships.
+
+        ``std`` is kept inside float32's positive normal range, so that it is never 0 or infinite
+        there: a feature that never changed, with ``eps = 0``, would otherwise give a 0 that no
+        version may carry; observations near float32's limits, an infinite one.
+        """
+        std = np.clip(np.sqrt(self.var + eps), float(_F32.tiny), float(_F32.max))
         return ObsNormalization(
             mean=self.mean.astype(np.float32),
             std=std.astype(np.float32),

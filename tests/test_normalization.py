@@ -139,6 +139,19 @@ def test_running_stats_before_data_are_the_identity_and_a_constant_input_has_std
     frozen = rms.frozen(eps=1e-8)
     np.testing.assert_array_equal(frozen.mean, [4.25, 4.25])
     np.testing.assert_allclose(frozen.std, [1e-4, 1e-4], rtol=1e-6)
+    # Without eps the std would be 0: it is floored at float32's smallest normal number, and the
+    # constant input normalises to 0, any other value to the clip.
+    tiny = np.finfo(np.float32).tiny
+    without_eps = rms.frozen(clip=10.0, eps=0.0)
+    np.testing.assert_array_equal(without_eps.std, [tiny, tiny])
+    np.testing.assert_array_equal(without_eps(np.array([[4.25, 4.5]], np.float32)), [[0.0, 10.0]])
+
+
+def test_statistics_near_float32_limits_keep_a_finite_std() -> None:
+    rms = RunningMeanStd(1)
+    rms.update(np.array([[-F32_MAX], [F32_MAX]], np.float32))  # std 3.4e38: inf in float32
+    frozen = rms.frozen()
+    assert frozen.std[0] == np.float32(F32_MAX) and frozen.mean[0] == 0.0
 
 
 def test_running_stats_state_dict_round_trips_and_refuses_another_size() -> None:
