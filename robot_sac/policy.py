@@ -438,7 +438,8 @@ class Policy:
         """Actions for a batch on the policy's device.
 
         Args:
-            obs: ``(B, obs_dim)`` float32 on :attr:`device`.
+            obs: ``(B, obs_dim)`` float32 on :attr:`device`, raw: the file's normalisation, if it
+                has one, is applied here (as in :meth:`act_numpy`).
             deterministic: one flag for the batch, or a ``(B,)`` bool tensor, one per row (the
                 service batches robots that ask for either).
 
