@@ -27,7 +27,13 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel
 
-from robot_sac.schemas import FLOAT32_MAX, ActBatchRequest, ActRequest, TransitionsRequest
+from robot_sac.schemas import (
+    FLOAT32_MAX,
+    ActBatchRequest,
+    ActRequest,
+    Source,
+    TransitionsRequest,
+)
 from robot_sac.store.records import TransitionLike
 
 # Refused bodies up to this size get pydantic's full answer (at most ~1.5 ms of its time).
@@ -61,6 +67,8 @@ class WireTransition(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=
     terminated: bool
     truncated: bool
     policy_version: _Count | None = None
+    # A Literal is checked by msgspec as it reads the string: no cost beyond the field's bytes.
+    source: Source = "policy"
 
 
 class WireTransitions(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
