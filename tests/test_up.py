@@ -84,3 +84,26 @@ def test_up_runs_with_the_tokens_in_the_environment(tmp_path: Path) -> None:
         assert store.transition_count() == 300
     finally:
         store.close()
+
+
+def test_up_passes_demonstrations_and_interventions_to_its_robots(tmp_path: Path) -> None:
+    """`up --demos 2 --intervene 1`: two demonstrations in all, then policy episodes the expert
+    takes over when they struggle, each logged with its source."""
+    from robot_sac.store.records import SOURCE_CODES
+
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "robot_sac.cli", "up", "--env", "PandaReachDense-v3"]
+    cmd += ["--steps", "300", "--demos", "2", "--intervene", "1.0"]
+    cmd += ["--data-dir", str(data), "--port", str(free_port())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = open_existing(data)
+    try:
+        rows = store.read_after(0, 10_000)
+    finally:
+        store.close()
+    assert len(rows) == 300
+    ends = rows.terminated | rows.truncated
+    assert int(np.sum(ends & (rows.source == SOURCE_CODES["demo"]))) == 2
+    assert np.any(rows.source == SOURCE_CODES["human"])
+    assert np.any(rows.source == SOURCE_CODES["policy"])
