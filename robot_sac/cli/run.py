@@ -22,6 +22,7 @@ from robot_sac.cli.app import (
     StoreUrlOption,
     TaskOption,
     app,
+    fail,
 )
 
 
@@ -236,7 +237,6 @@ def sim(
     """
     from rich.console import Console
 
-    from robot_sac.cli.app import fail
     from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
 

@@ -16,6 +16,7 @@ from robot_sac.cli.app import (
     DemosOption,
     InterveneOption,
     app,
+    fail,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ def up(
     from rich.console import Console
 
     from robot_sac.cli import live, supervisor
-    from robot_sac.cli.app import fail
     from robot_sac.cli.resolve import task_spec
     from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
