@@ -17,6 +17,12 @@ class SACConfig(BaseModel):
 
     ``target_entropy=None`` means ``-action_dim``. ``utd`` is the update-to-data ratio: SAC
     updates per environment transition.
+
+    ``obs_normalization``: the learner keeps a running mean and variance of the observations it
+    takes from the log, trains on ``clip((obs - mean) / sqrt(var + obs_norm_eps), ±obs_norm_clip)``
+    and ships the frozen statistics in every version it publishes, which every serving path then
+    applies (see :mod:`robot_sac.normalization`). Off by default: versions stay format 1 and
+    learning is unchanged.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,6 +40,9 @@ class SACConfig(BaseModel):
     target_entropy: float | None = None
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    obs_normalization: bool = False
+    obs_norm_clip: float = Field(default=10.0, gt=0.0, le=1e6)  # Stable-Baselines3's VecNormalize
+    obs_norm_eps: float = Field(default=1e-8, ge=0.0, le=1.0)
 
     def resolved_target_entropy(self, action_dim: int) -> float:
         return -float(action_dim) if self.target_entropy is None else self.target_entropy
