@@ -16,6 +16,11 @@ class Fleet:
     until stopped). Episode reports arrive through :meth:`reports`. ``token`` is the robot
     token; ``status_token`` (a viewer or operator token) reads the status that ``pace`` keeps
     to, when the service has tokens.
+
+    ``demos`` demonstrations in all are shared out, as evenly as they go, between the robots
+    (the first ``demos % robots`` take one more), each logging its share first; ``intervene``
+    is every robot's chance per policy episode of the expert's taking over when it struggles
+    (see :func:`robot_sac.sim.robot.run_robot`).
     """
 
     def __init__(
@@ -29,6 +34,8 @@ class Fleet:
         token: str | None = None,
         pace: bool = False,
         status_token: str | None = None,
+        demos: int = 0,
+        intervene: float = 0.0,
     ) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter per robot: its own physics client
         self._queue: Any = ctx.Queue()
@@ -47,6 +54,8 @@ class Fleet:
                         "token": token,
                         "pace": pace,
                         "status_token": status_token,
+                        "demos": demos // robots + int(i < demos % robots),
+                        "intervene": intervene,
                     },
                     self._queue,
                     self._stop,

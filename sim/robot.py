@@ -4,6 +4,13 @@ It asks the service for every action, logs every transition with :class:`RobotCl
 control rate if asked to, and rides out a restart of the service: an act that cannot reach it is
 retried until it comes back, and logged transitions wait in the client's queue meanwhile. It
 imports only ``robot_sac.client`` and ``robot_sac.schemas`` of the core (and the env libraries).
+
+A scripted expert (:mod:`robot_sac.sim.experts`) stands in for a teleoperator: it can drive the
+first episodes (demonstrations, logged with source ``"demo"``) and take over a policy episode
+that is going nowhere for a stretch (an intervention, logged with source ``"human"``). Either
+way the robot still asks the service every step, and a held robot applies the safe action the
+service answers whatever the expert wants: a held step is logged as the service's
+(``"policy"``, with the answering version), since the expert did not choose its action.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import numpy as np
 
 from robot_sac.client import RobotClient, ServiceError
 from robot_sac.sim.envs import make_env
+from robot_sac.sim.experts import Expert, expert_for
 
 if TYPE_CHECKING:
     from robot_sac.admin_schemas import StatusResponse
@@ -36,7 +44,66 @@ class EpisodeReport:
     steps: int
     episode_return: float
     success: bool | None
-    policy_version: int  # the version that chose most of the episode's actions
+    # The version that chose most of the episode's actions (held steps included: the service
+    # chose those); None when none did (a demonstration that was never held).
+    policy_version: int | None
+    demo: bool = False  # the expert drove the episode from its start
+    human_steps: int = 0  # steps whose action the expert chose in an intervention
+    held_steps: int = 0  # steps the service held (the safe action applied)
+
+
+@dataclass(frozen=True)
+class InterventionRule:
+    """When the expert, watching a policy episode, takes over and for how long.
+
+    A watched episode (each with probability ``intervene``) is *struggling* once ``patience``
+    steps have passed without the distance to the goal (the expert's measure, the one the dense
+    reward is minus) coming ``min_progress`` metres below its best so far in the episode. The
+    expert then drives for ``stretch`` steps (or to the episode's end) and hands back; at most
+    once an episode.
+    """
+
+    patience: int = 10
+    min_progress: float = 0.005
+    stretch: int = 20
+
+
+class _Watch:
+    """One policy episode as the operator (the expert) watches it: see :class:`InterventionRule`."""
+
+    def __init__(
+        self,
+        rule: InterventionRule,
+        expert: Expert,
+        obs: np.ndarray,
+        watched: bool,
+        episode_id: str,
+    ) -> None:
+        self.rule, self.expert, self.watched = rule, expert, watched
+        self.episode_id = episode_id
+        self.best = expert.goal_distance(obs)
+        self.stalled = 0  # steps since the best distance last improved
+        self.left = 0  # steps of the stretch still to drive
+        self.done = False  # took over already: once an episode
+
+    def expert_drives(self) -> bool:
+        """Whether the expert chooses this step's action (starting a stretch if it is time)."""
+        if self.watched and not self.done and self.stalled >= self.rule.patience:
+            self.left, self.done = self.rule.stretch, True
+            log.info(
+                "the expert takes over %s after %d steps without progress",
+                self.episode_id,
+                self.stalled,
+            )
+        return self.left > 0
+
+    def stepped(self, next_obs: np.ndarray) -> None:
+        self.left = max(0, self.left - 1)
+        d = self.expert.goal_distance(next_obs)
+        if d < self.best - self.rule.min_progress:
+            self.best, self.stalled = d, 0
+        else:
+            self.stalled += 1
 
 
 class Pacer:
@@ -110,13 +177,26 @@ def run_robot(
     on_episode: Callable[[EpisodeReport], None] | None = None,
     run_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    demos: int = 0,
+    intervene: float = 0.0,
+    rule: InterventionRule | None = None,
 ) -> list[EpisodeReport]:
     """Drive ``env_id`` for ``steps`` environment steps through the service at ``url``.
 
-    Episode ids carry ``run_id`` (fresh by default), so a second run logs new transitions.
-    ``should_stop()`` ends the run early, after the current step; either way every logged
-    transition is flushed before returning. Returns the reports of the episodes it finished.
+    The first ``demos`` episodes are the scripted expert's demonstrations; after them the policy
+    acts, and the expert watches each policy episode with probability ``intervene`` and takes
+    over when it struggles (``rule``). Demonstration and intervention steps count in ``steps``:
+    they cost robot time too. Episode ids carry ``run_id`` (fresh by default), so a second run
+    logs new transitions. ``should_stop()`` ends the run early, after the current step; either
+    way every logged transition is flushed before returning. Returns the reports of the
+    episodes it finished. ValueError if ``demos`` or ``intervene`` asks for an expert that
+    ``env_id`` does not have.
     """
+    if demos < 0 or not 0.0 <= intervene <= 1.0:
+        raise ValueError(f"demos must be >= 0 and intervene in [0, 1], not {demos}, {intervene}")
+    expert = expert_for(env_id) if demos or intervene else None
+    rule = rule or InterventionRule()
+    coin = np.random.default_rng([seed, 17])  # the intervention draws: seeded, like the env
     env = make_env(env_id)
     run_id = run_id or uuid.uuid4().hex[:8]
     reports: list[EpisodeReport] = []
@@ -135,6 +215,8 @@ def run_robot(
         obs, _ = env.reset(seed=seed)
         obs = np.asarray(obs, np.float32)
         episode, t, total, versions = 0, 0, 0.0, []
+        human, held = 0, 0
+        watch = _new_watch(expert, rule, obs, coin, intervene, episode < demos, f"{run_id}-0")
         next_tick = time.monotonic()
         for _ in range(steps):
             if should_stop is not None and should_stop():
@@ -144,15 +226,39 @@ def run_robot(
             if period is not None:
                 next_tick += period
                 time.sleep(max(0.0, next_tick - time.monotonic()))
-            action, version, _hold = _act(client, obs, deterministic=False)
+            demo = episode < demos
+            # Ask the service even when the expert drives: its answer carries the hold.
+            action, version, hold = _act(client, obs, deterministic=False)
+            takes_over = watch is not None and watch.expert_drives()
+            source: Literal["policy", "human", "demo"] = "policy"
+            if hold:
+                held += 1  # the safe action, whoever wanted to drive
+            elif demo or takes_over:
+                assert expert is not None
+                action = expert(obs).tolist()
+                source = "demo" if demo else "human"
+            if source == "policy":
+                versions.append(version)
+            elif source == "human":
+                human += 1
             next_obs, reward, terminated, truncated, info = env.step(np.asarray(action, np.float32))
             next_obs = np.asarray(next_obs, np.float32)
+            if watch is not None:
+                watch.stepped(next_obs)
             episode_id = f"{run_id}-{episode}"
             client.log(
-                episode_id, t, obs, action, float(reward), next_obs, terminated, truncated, version
+                episode_id,
+                t,
+                obs,
+                action,
+                float(reward),
+                next_obs,
+                terminated,
+                truncated,
+                version if source == "policy" else None,  # no version chose the expert's
+                source=source,
             )
             total += float(reward)
-            versions.append(version)
             t += 1
             if terminated or truncated:
                 success = info.get("is_success")
@@ -162,7 +268,10 @@ def run_robot(
                     t,
                     total,
                     None if success is None else bool(success),
-                    int(np.bincount(versions).argmax()),
+                    int(np.bincount(versions).argmax()) if versions else None,
+                    demo=demo,
+                    human_steps=human,
+                    held_steps=held,
                 )
                 reports.append(report)
                 if on_episode is not None:
@@ -170,6 +279,10 @@ def run_robot(
                 obs, _ = env.reset()
                 obs = np.asarray(obs, np.float32)
                 episode, t, total, versions = episode + 1, 0, 0.0, []
+                human, held = 0, 0
+                watch = _new_watch(
+                    expert, rule, obs, coin, intervene, episode < demos, f"{run_id}-{episode}"
+                )
             else:
                 obs = next_obs
         client.flush()
@@ -179,6 +292,22 @@ def run_robot(
             reader.close()
         env.close()
     return reports
+
+
+def _new_watch(
+    expert: Expert | None,
+    rule: InterventionRule,
+    obs: np.ndarray,
+    coin: np.random.Generator,
+    intervene: float,
+    demo: bool,
+    episode_id: str,
+) -> _Watch | None:
+    """The operator's watch over a new episode: None for a demonstration or without an expert.
+    The coin is drawn for every policy episode, so the draws do not depend on what happened."""
+    if expert is None or demo:
+        return None
+    return _Watch(rule, expert, obs, bool(coin.random() < intervene), episode_id)
 
 
 def robot_process(kwargs: dict[str, Any], reports: Any, stop: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,6 @@ def test_up_learns_panda_reach_in_6000_steps(tmp_path: Path):
 def test_up_runs_with_the_tokens_in_the_environment(tmp_path: Path) -> None:
     """An operator who exported the tokens (as the README's Security section says) can still run
     `up`: robots act with the robot token, the live view and pacing read with the viewer's."""
-    import os
-
     data = tmp_path / "data"
     env = {
         **os.environ,
@@ -84,3 +83,29 @@ def test_up_runs_with_the_tokens_in_the_environment(tmp_path: Path) -> None:
         assert store.transition_count() == 300
     finally:
         store.close()
+
+
+def test_up_passes_demonstrations_and_interventions_to_its_robots(tmp_path: Path) -> None:
+    """`up --demos 2 --intervene 1`: two demonstrations in all, then policy episodes the expert
+    takes over when they struggle, each logged with its source."""
+    from robot_sac.store.records import SOURCE_CODES
+
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "robot_sac.cli", "up", "--env", "PandaReachDense-v3"]
+    cmd += ["--steps", "300", "--demos", "2", "--intervene", "1.0"]
+    cmd += ["--data-dir", str(data), "--port", str(free_port())]
+    env = {**os.environ, "COLUMNS": "200"}  # the summary on one line
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = open_existing(data)
+    try:
+        rows = store.read_after(0, 10_000)
+    finally:
+        store.close()
+    assert len(rows) == 300
+    ends = rows.terminated | rows.truncated
+    assert int(np.sum(ends & (rows.source == SOURCE_CODES["demo"]))) == 2
+    demo, human = (int(np.sum(rows.source == SOURCE_CODES[s])) for s in ("demo", "human"))
+    assert human > 0 and np.any(rows.source == SOURCE_CODES["policy"])
+    # the summary counts the expert's transitions apart
+    assert f"done: 300 transitions logged (demo {demo}, human {human})" in done.stdout

@@ -44,6 +44,28 @@ DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_
 StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+# A scripted expert standing in for a teleoperator (the Panda reach and push tasks have one);
+# the rule's figures are robot_sac.sim.robot.InterventionRule's defaults.
+DemosOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Demonstrations first: the scripted expert drives this many episodes in all, shared "
+        "between the robots as evenly as they go, logged with source 'demo'; the policy acts "
+        "after them. Their steps count in --steps. Panda reach and push tasks only.",
+    ),
+]
+InterveneOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Chance per policy episode that the scripted expert watches it and, once it "
+        "struggles (10 steps without getting 5 mm closer to the goal), takes over for 20 steps "
+        "(or to the episode's end), once an episode; its steps are logged with source 'human'. "
+        "A held robot stays held: it applies the safe action whatever the expert wants.",
+    ),
+]
 
 
 def _version(value: bool) -> None:

@@ -57,6 +57,14 @@ def latency_line(status: StatusResponse | None, url: str) -> str:
     return f"p50 ≤ {latency[0]:.2f} ms · p99 ≤ {latency[1]:.2f} ms"
 
 
+def sources_note(status: StatusResponse) -> str:
+    """`` (demo 80, human 40)`` when the log holds the expert's (or an operator's) transitions
+    beside the policy's; empty when it is all the policy's (`up` without --demos/--intervene)."""
+    counts = status.transitions_by_source or {}
+    others = [f"{name} {counts[name]}" for name in ("demo", "human") if counts.get(name)]
+    return f" ({', '.join(others)})" if others else ""
+
+
 def view(url: str, task: str, token: str | None = None) -> Table:
     """One refresh of the live table."""
     from rich.table import Table
@@ -80,7 +88,7 @@ def view(url: str, task: str, token: str | None = None) -> Table:
                 f"{learner.utd_effective:.2f} achieved · target {learner.utd:g}"
                 + (" (behind the robots)" if learner.utd_effective < 0.5 * learner.utd else ""),
             )
-    table.add_row("transitions logged", str(status.transitions))
+    table.add_row("transitions logged", f"{status.transitions}{sources_note(status)}")
     table.add_row("act latency", latency_line(status, url))
     for e in (status.episodes or [])[-5:]:
         success = "" if e.success_rate is None else f" · success {e.success_rate:.0%}"
@@ -116,7 +124,7 @@ def final_summary(status: StatusResponse, data_dir: Path, env: str) -> str:
     """What `up` did, and the commands that go on from here."""
     updates = None if status.learner is None else status.learner.updates
     lines = [
-        f"done: {status.transitions} transitions logged, {updates} updates, "
+        f"done: {status.transitions} transitions logged{sources_note(status)}, {updates} updates, "
         f"newest version {status.latest_version}.",
     ]
     for e in (status.episodes or [])[-3:]:

@@ -14,12 +14,15 @@ from robot_sac.cli.app import (
     DEFAULT_URL,
     RUN_PANEL,
     DataDirOption,
+    DemosOption,
     DeviceOption,
     EnvOption,
+    InterveneOption,
     LogLevelOption,
     StoreUrlOption,
     TaskOption,
     app,
+    fail,
 )
 
 
@@ -222,49 +225,75 @@ def sim(
         str | None, typer.Option(envvar="ROBOT_SAC_ROBOT_TOKEN", help="Robot token, if any.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Robot i is seeded seed + i.")] = 0,
+    demos: DemosOption = 0,
+    intervene: InterveneOption = 0.0,
 ) -> None:
     """Simulated robots acting through the service over HTTP and logging every transition.
 
     Each robot is its own process with its own physics client. Episode returns (and success, for
-    the Panda tasks) are reported per policy version. A restart of the service is ridden out:
-    robots wait, retry and go on, losing no transition.
+    the Panda tasks) are reported per policy version; demonstrations, and episodes the expert
+    took over, on lines of their own. A restart of the service is ridden out: robots wait, retry
+    and go on, losing no transition.
     """
     from rich.console import Console
 
+    from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
 
+    if demos or intervene:
+        try:
+            expert_for(env)
+        except ValueError as exc:
+            raise fail(f"--demos and --intervene need a scripted expert: {exc}") from None
     console = Console()
     per_robot = None if steps is None else -(-steps // robots)
-    fleet = Fleet(url, env, robots, per_robot, seed, rate_hz, token, pace).start()
-    table: dict[int, list[Any]] = {}
+    fleet = Fleet(
+        url, env, robots, per_robot, seed, rate_hz, token, pace, demos=demos, intervene=intervene
+    ).start()
+    reports: list[Any] = []
     console.print(f"{robots} simulated robots on {env} -> {url} (Ctrl-C stops them cleanly)")
     try:
         last = time.monotonic()
         while not fleet.done:
-            for report in fleet.reports():
-                table.setdefault(report.policy_version, []).append(report)
-            if time.monotonic() - last >= 5.0 and table:
-                console.print(_episode_summary(table))
+            reports += fleet.reports()
+            if time.monotonic() - last >= 5.0 and reports:
+                console.print(_episode_summary(reports))
                 last = time.monotonic()
             time.sleep(0.1)
     except KeyboardInterrupt:
         console.print("stopping the robots (they flush their transitions first)...")
     finally:
         fleet.stop()
-    for report in fleet.reports():
-        table.setdefault(report.policy_version, []).append(report)
-    if table:
-        console.print(_episode_summary(table))
+    reports += fleet.reports()
+    if reports:
+        console.print(_episode_summary(reports))
     if fleet.failed:
         raise typer.Exit(1)
 
 
-def _episode_summary(table: dict[int, list[Any]], last: int = 5) -> str:
-    lines = []
-    for version in sorted(table)[-last:]:
-        reports = table[version]
-        mean = sum(r.episode_return for r in reports) / len(reports)
-        successes = [r.success for r in reports if r.success is not None]
+def _episode_summary(reports: list[Any], last: int = 5) -> str:
+    """Demonstrations on one line, then the newest ``last`` versions' episodes: those the policy
+    drove alone, and those the expert took over, apart (the expert's help is not the policy's)."""
+
+    def stats(group: list[Any]) -> str:
+        mean = sum(r.episode_return for r in group) / len(group)
+        successes = [r.success for r in group if r.success is not None]
         rate = f", success {sum(successes) / len(successes):.0%}" if successes else ""
-        lines.append(f"  version {version}: {len(reports)} episodes, mean return {mean:.2f}{rate}")
+        return f"{len(group)} episodes, mean return {mean:.2f}{rate}"
+
+    lines = []
+    demos = [r for r in reports if r.demo]
+    if demos:
+        lines.append(f"  demonstrations: {stats(demos)}")
+    by_version: dict[int | None, list[Any]] = {}
+    for r in reports:
+        if not r.demo:
+            by_version.setdefault(r.policy_version, []).append(r)
+    for version in sorted(by_version, key=lambda v: -1 if v is None else v)[-last:]:
+        alone = [r for r in by_version[version] if not r.human_steps]
+        helped = [r for r in by_version[version] if r.human_steps]
+        parts = ([stats(alone)] if alone else []) + (
+            [f"taken over by the expert: {stats(helped)}"] if helped else []
+        )
+        lines.append(f"  version {version}: {'; '.join(parts)}")
     return "\n".join(lines)

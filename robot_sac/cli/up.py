@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from robot_sac.cli.app import DEFAULT_ENV, DEFAULT_PORT, RUN_PANEL, app
+from robot_sac.cli.app import (
+    DEFAULT_ENV,
+    DEFAULT_PORT,
+    RUN_PANEL,
+    DemosOption,
+    InterveneOption,
+    app,
+    fail,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -40,6 +48,8 @@ def up(
             min=1, help="Publish a version every N updates (robots paced to the learner act on it)."
         ),
     ] = 25,
+    demos: DemosOption = 0,
+    intervene: InterveneOption = 0.0,
 ) -> None:
     """Run the whole loop on this machine: the service, the learner and simulated robots.
 
@@ -47,6 +57,8 @@ def up(
     versions the service swaps in. The robots keep to the learner's update-to-data ratio, as real
     robots at their control rate would. With --steps it stops by itself; Ctrl-C stops everything
     cleanly (the learner checkpoints); running it again on the same data directory resumes.
+    With --demos and --intervene a scripted expert stands in for a teleoperator (none unless
+    asked).
     """
     import signal
 
@@ -54,8 +66,14 @@ def up(
 
     from robot_sac.cli import live, supervisor
     from robot_sac.cli.resolve import task_spec
+    from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
 
+    if demos or intervene:  # said before anything starts
+        try:
+            expert_for(env)
+        except ValueError as exc:
+            raise fail(f"--demos and --intervene need a scripted expert: {exc}") from None
     console = Console()
     spec = task_spec(env, None)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +122,8 @@ def up(
             token=robot_token,
             status_token=status_token,
             pace=True,
+            demos=demos,
+            intervene=intervene,
         ).start()
         live.watch(console, url, fleet, procs, spec.name, status_token)
         if steps is not None:
