@@ -30,6 +30,7 @@ from tests.servers import (
     ProcessService,
     StoreLock,
     free_port,
+    transition,
     write_task,
 )
 
@@ -352,3 +353,18 @@ def test_up_reads_the_act_latency_from_the_service_metrics(svc: ProcessService):
     assert latency is not None
     p50, p99 = latency
     assert 0 < p50 <= p99
+
+
+def test_status_counts_demonstrations_and_corrections_apart(svc: ProcessService):
+    # (last in the module: the earlier tests expect an empty log)
+    steps = [transition("cli-demo", "d0", i, source="demo") for i in range(3)]
+    steps += [transition("cli-demo", "h0", 0, source="human")]
+    r = httpx.post(
+        f"{svc.url}/v1/transitions",
+        json={"transitions": steps},
+        headers={"Authorization": f"Bearer {ROBOT_TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    table = status_table(ok(cli(svc, "status")))
+    assert table["by source"] == "policy 0 · human 1 · demo 3"

@@ -120,6 +120,9 @@ def status_view(status: StatusResponse, url: str) -> Group:
         Text("yes (`robot-sac resume`)", style="yellow") if status.learner_paused else "no",
     )
     table.add_row("transitions", number(status.transitions, "d"))
+    by_source = status.transitions_by_source or {}
+    if any(by_source.get(s) for s in ("human", "demo")):  # only when there is more than policy
+        table.add_row("  by source", " · ".join(f"{k} {v}" for k, v in by_source.items()))
     for key, value in traffic_rows(status.traffic):
         table.add_row(key, value)
     store_state = str(status.store.get("state", DASH))

@@ -357,10 +357,10 @@
     setText('learner-utd', fmt(learner.utd_effective));
     setText('learner-utd-target', `effective; target ${fmt(isNum(learner.utd) ? learner.utd : task.utd)}`);
     setText('transitions', count(s.transitions));
-    setText(
-      'transitions-rate',
-      isNum(traffic.transitions_per_s) ? `${fmt(traffic.transitions_per_s)}/s here` : `${DASH}/s`
-    );
+    const bySource = s.transitions_by_source || {};
+    const prior = ['human', 'demo'].filter((k) => bySource[k]).map((k) => `${k} ${count(bySource[k])}`);
+    const rate = isNum(traffic.transitions_per_s) ? `${fmt(traffic.transitions_per_s)}/s here` : `${DASH}/s`;
+    setText('transitions-rate', prior.length ? `${rate} · ${prior.join(' · ')}` : rate);
     setText('acts-rate', isNum(traffic.acts_per_s) ? `${fmt(traffic.acts_per_s)}/s` : DASH);
     setText(
       'act-latency',
