@@ -33,6 +33,10 @@ class SACConfig(BaseModel):
       target pessimistic, which is where over-estimation compounds through bootstrapping, while
       the ensemble mean is the actor's lowest-variance estimate and a min over a fresh random pair
       would add noise and a second, uncontrolled pessimism to the policy gradient.
+    - ``prior_share``: the share of each batch drawn from the prior rows (transitions logged with
+      source ``human`` or ``demo``), ``round(prior_share * batch_size)`` rows exactly; the rest
+      come from all rows. RLPD's symmetric sampling is 0.5. While the buffer holds no prior row,
+      the whole batch comes from all rows.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,6 +57,7 @@ class SACConfig(BaseModel):
     critic_layer_norm: bool = False
     num_critics: int = Field(default=2, ge=1)
     critic_subset: int = Field(default=2, ge=1)
+    prior_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check_critic_subset(self) -> SACConfig:

@@ -338,7 +338,8 @@ class Learner:
 
                 self._graphed = GraphedUpdate(self.sac, self.replay)
             return self._graphed()
-        return self.sac.update(self.replay.sample(self.cfg.batch_size))
+        batch = self.replay.sample(self.cfg.batch_size, prior_share=self.cfg.prior_share)
+        return self.sac.update(batch)
 
     def run(
         self,
