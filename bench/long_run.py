@@ -1,7 +1,9 @@
 """One long run, by hand: ``robot-sac up`` against Stable-Baselines3's SAC at equal steps.
 
-Both learn the same locomotion task with the same tuned hyper-parameters (RL Zoo's, from
-``robot_sac.config.TUNED``), (256, 256) networks, one update per step and one torch thread:
+Both learn the same locomotion task with the same hyper-parameters (``robot_sac.config.TUNED``:
+RL Zoo's learning rate, buffer, gamma, tau and learning starts for the task, but not its gSDE,
+[400, 300] networks or 8 gradient steps every 8 steps), (256, 256) networks, one update per step
+and one torch thread:
 ours is the whole loop (the service, the learner process and ``--robots`` simulated robots over
 HTTP, paced to the learner), SB3 is ``SAC.learn`` in one process. The two run at the same time
 (they share the machine alike) and are scored the same way at the end: the mean return of the

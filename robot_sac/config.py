@@ -80,7 +80,8 @@ TUNED: dict[str, dict[str, object]] = {
     # 100 % at 4,000 steps with these three changes.
     "PandaReachDense-v3": {"gamma": 0.95, "lr": 1e-3, "init_alpha": 0.1, "learning_starts": 500},
     "PandaPushDense-v3": {"gamma": 0.95, "lr": 1e-3, "init_alpha": 0.1, "learning_starts": 1000},
-    # RL Zoo's SAC settings for the PyBullet locomotion tasks.
+    # Part of RL Zoo's SAC settings for the PyBullet locomotion tasks: its learning rate, buffer,
+    # gamma, tau and learning starts (not its gSDE, [400, 300] networks or train_freq 8).
     "HalfCheetahBulletEnv-v0": {
         "gamma": 0.98,
         "tau": 0.02,
