@@ -151,7 +151,19 @@ class Learner:
         """
         state = load_checkpoint(self.checkpoint_path)
         if state is not None:
-            self.sac.load_state_dict(state["sac"])
+            refit = False
+            try:
+                self.sac.load_state_dict(state["sac"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                # The task's networks changed since the checkpoint (critic options, sizes): keep
+                # the counters and learn on from the served actor with fresh critics.
+                log.warning(
+                    "the checkpoint's networks do not fit the task's SAC settings (%s): starting "
+                    "from the served actor and fresh critics",
+                    str(exc).splitlines()[0],
+                )
+                self._fresh_sac(updates=int(state["sac"]["updates"]))
+                refit = True
             self.counters = Counters(
                 consumed=int(state["consumed"]),
                 position=int(state["position"]),
@@ -169,7 +181,9 @@ class Learner:
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             log.info("resumed from %s at %d updates", self.checkpoint_path, self.sac.updates)
-            if not self.sac.is_finite():
+            if refit:
+                self._start_from_served_actor()
+            elif not self.sac.is_finite():
                 # e.g. saved by a learner that had no guard: keep the counters, not the weights
                 log.error(
                     "the checkpoint holds non-finite values: starting from the served actor "
