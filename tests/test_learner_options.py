@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 
 from robot_sac.bootstrap import ensure_initial_policy
+from robot_sac.cli.resolve import with_sac_overrides
 from robot_sac.config import SACConfig
 from robot_sac.policy import load_policy
 from robot_sac.schemas import TaskSpec
@@ -103,3 +105,21 @@ def test_a_task_file_carries_the_options(tmp_path: Path):
     assert cfg.critic_layer_norm and (cfg.num_critics, cfg.critic_subset) == (10, 2)
     assert cfg.prior_share == 0.5 and cfg.utd == 20.0
     assert TaskSpec(obs_dim=1, action_low=(-1,), action_high=(1,)).sac == SACConfig()
+
+
+def test_sac_flag_overrides_the_tasks_settings_and_refuses_bad_ones():
+    spec = small_task(lr=1e-3)
+    spec2 = with_sac_overrides(spec, '{"prior_share": 0.5, "critic_layer_norm": true}')
+    assert spec2.sac.prior_share == 0.5 and spec2.sac.critic_layer_norm
+    assert spec2.sac.lr == 1e-3 and spec2.sac.hidden == (16, 16)  # the rest kept
+    assert spec2.model_copy(update={"sac": spec.sac}) == spec
+    for bad, says in [
+        ('{"num_critics": 1}', "critic_subset=2 exceeds num_critics=1"),
+        ('{"prior_share": 2}', "prior_share"),
+        ('{"critics": 3}', "critics"),  # a misspelt name is refused, not ignored
+        ("[1]", "JSON object"),
+        ("{", "not JSON"),
+    ]:
+        with pytest.raises(typer.BadParameter, match=says) as info:
+            with_sac_overrides(spec, bad)
+        assert "\n" not in str(info.value)

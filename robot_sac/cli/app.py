@@ -44,6 +44,14 @@ DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_
 StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+SacOption = Annotated[
+    str | None,
+    typer.Option(
+        help="SAC settings as a JSON object over the task's (an env's tuned ones, a task file's "
+        'sac table), e.g. \'{"prior_share": 0.5, "critic_layer_norm": true}\'; the learner '
+        "uses them."
+    ),
+]
 
 
 def _version(value: bool) -> None:

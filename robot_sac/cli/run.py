@@ -17,6 +17,7 @@ from robot_sac.cli.app import (
     DeviceOption,
     EnvOption,
     LogLevelOption,
+    SacOption,
     StoreUrlOption,
     TaskOption,
     app,
@@ -112,6 +113,7 @@ def learn(
         ),
     ] = None,
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
+    sac: SacOption = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -128,7 +130,7 @@ def learn(
     from robot_sac.services.learner import Learner
     from robot_sac.store import open_store
 
-    spec = resolve.task_spec(env, task)
+    spec = resolve.task_spec(env, task, sac)
     settings = resolve.settings(
         data_dir=data_dir,
         store_url=store_url,

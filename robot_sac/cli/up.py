@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from robot_sac.cli.app import DEFAULT_ENV, DEFAULT_PORT, RUN_PANEL, app
+from robot_sac.cli.app import DEFAULT_ENV, DEFAULT_PORT, RUN_PANEL, SacOption, app
 
 if TYPE_CHECKING:
     import subprocess
@@ -40,6 +40,7 @@ def up(
             min=1, help="Publish a version every N updates (robots paced to the learner act on it)."
         ),
     ] = 25,
+    sac: SacOption = None,
 ) -> None:
     """Run the whole loop on this machine: the service, the learner and simulated robots.
 
@@ -57,7 +58,7 @@ def up(
     from robot_sac.sim.fleet import Fleet
 
     console = Console()
-    spec = task_spec(env, None)
+    spec = task_spec(env, None, sac)
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -90,6 +91,7 @@ def up(
                 # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
                 # (about 0.3 MB a version), unless the user chose their own retention.
                 *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
+                *([] if sac is None else ["--sac", sac]),
                 *("--log-level", "warning"),
             ],
             logs / "learner.log",
