@@ -158,7 +158,7 @@ class SAC:
     def target_q(self, next_obs_action: Tensor) -> Tensor:
         """``min_{i in subset} Q'_i(s', a')`` from the target critics, ``(B,)``; the subset is every
         critic by default (SAC's clipped double Q), else a fresh random draw (REDQ)."""
-        params = list(self.critic_target.parameters())
+        params: list[Tensor] = list(self.critic_target.parameters())
         if self.subset_min:
             self.last_subset = self.draw_subset()
             params = [p.index_select(0, self.last_subset) for p in params]
