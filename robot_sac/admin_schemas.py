@@ -105,7 +105,8 @@ class StatusResponse(_Answer):
     """``GET /v1/admin/status`` (and the answer of every control route).
 
     Without the store (an outage) only what this replica knows in memory is filled in:
-    ``transitions``, ``learner``, ``episodes``, ``task`` and ``latest_version`` are then null.
+    ``transitions``, ``transitions_by_source``, ``learner``, ``episodes``, ``task`` and
+    ``latest_version`` are then null.
     """
 
     served_version: int | None
@@ -123,6 +124,11 @@ class StatusResponse(_Answer):
     traffic: TrafficView | None = None
     latest_version: int | None = None
     transitions: int | None = None
+    transitions_by_source: dict[str, int] | None = Field(
+        default=None,
+        description="The log's transitions by source: policy (the served policy acted), human "
+        "(an operator's correction), demo (a demonstration); they sum to transitions.",
+    )
     learner: LearnerView | None = None
     episodes: list[VersionEpisodesView] | None = None
     task: TaskView | None = None

@@ -15,6 +15,9 @@ Imports no torch and no numpy: a robot's computer needs only httpx and msgspec.
                       terminated=done, truncated=False, policy_version=version)
             obs = next_obs
 
+A step whose action an operator chose (taking over from the policy) is logged with
+``source="human"``, a demonstration's with ``source="demo"``; the learner can tell them apart.
+
 ``log`` checks and queues: a background thread sends batches (``batch_size`` transitions or every
 ``flush_interval_s``), retrying with backoff on connection errors, timeouts and 5xx answers (safe:
 the service stores a transition once per key). Batches go as MessagePack with float32 vectors: a
@@ -45,6 +48,8 @@ log = logging.getLogger("robot_sac.client")
 # float32's largest finite value: the log stores float32 (robot_sac.schemas.FLOAT32_MAX, not
 # imported so that a robot needs no pydantic).
 _FLOAT32_MAX = 3.4028234663852886e38
+# Where a transition came from (robot_sac.schemas.SOURCES, not imported for the same reason).
+SOURCES = ("policy", "human", "demo")
 _json, _msgpack = msgspec.json.Encoder(), msgspec.msgpack.Encoder()
 
 
@@ -158,12 +163,19 @@ class RobotClient:
         terminated: bool,
         truncated: bool,
         policy_version: int | None = None,
+        source: Literal["policy", "human", "demo"] = "policy",
     ) -> None:
         """Queue one transition for the background sender (see the module docstring).
 
+        ``source`` says who chose the action: ``"policy"`` (the served policy), ``"human"`` (an
+        operator's correction) or ``"demo"`` (a demonstration).
+
         Raises ValueError at once for a value the service would refuse (NaN, infinity, beyond
-        float32's range): a bad transition is the robot's bug, best seen where it is made.
+        float32's range, an unknown source): a bad transition is the robot's bug, best seen
+        where it is made.
         """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
         if not (math.isfinite(reward) and abs(reward) <= _FLOAT32_MAX):
             raise ValueError(f"reward {reward} is not a finite float32")
         transition = {
@@ -178,6 +190,10 @@ class RobotClient:
             "truncated": bool(truncated),
             "policy_version": policy_version,
         }
+        if source != "policy":
+            # The default is left out of the body: a policy step's body is what a service
+            # older than sources accepts, and the smallest.
+            transition["source"] = source
         with self._cond:
             self._raise_sender_error()
             warned = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -112,6 +112,11 @@ FiniteFloat = Annotated[
 Version = Annotated[int, Field(strict=True, ge=0, le=2**62)]
 Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=65_536)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+# Where a transition came from: the served policy acting (the default), an operator's correction
+# (a human took over), or a demonstration. The learner tells them apart (RLPD's sampling); the
+# log keeps each as a small code (robot_sac.store.records.SOURCE_CODES).
+Source = Literal["policy", "human", "demo"]
+SOURCES: tuple[str, ...] = get_args(Source)
 
 
 class _Request(BaseModel):
@@ -187,7 +192,19 @@ class Transition(_Request):
                     "terminated": False,
                     "truncated": False,
                     "policy_version": 7,
-                }
+                },
+                {
+                    "robot_id": "arm-1",
+                    "episode_id": "2026-11-30T14:09:40-0002",
+                    "step": 0,
+                    "obs": [0.3, -0.2, 0.0],
+                    "action": [-0.5, 0.2],
+                    "reward": -0.6,
+                    "next_obs": [0.28, -0.19, 0.0],
+                    "terminated": False,
+                    "truncated": False,
+                    "source": "human",
+                },
             ]
         },
     )
@@ -229,6 +246,15 @@ class Transition(_Request):
         Version | None,
         Field(description="The version whose answer the robot acted on (from /v1/act)."),
     ] = None
+    source: Annotated[
+        Source,
+        Field(
+            description="Who chose the action: 'policy' (the served policy, the default), "
+            "'human' (an operator's correction, taking over from the policy) or 'demo' (a "
+            "demonstration). Part of the content a retry is compared by: a stored key keeps "
+            "its source.",
+        ),
+    ] = "policy"
 
 
 class TransitionsRequest(_Request):

@@ -141,3 +141,14 @@ def test_every_field_a_robot_sends_is_described_and_the_examples_are_valid(
     assert examples
     for example in examples:  # an example a robot copies must be accepted
         getattr(schemas, model).model_validate(example)
+
+
+def test_a_transitions_source_is_documented_with_its_choices_and_default(schema: Any) -> None:
+    transition = schema["components"]["schemas"]["Transition"]
+    source = transition["properties"]["source"]
+    assert source["enum"] == ["policy", "human", "demo"] and source["default"] == "policy"
+    assert "source" not in transition.get("required", [])
+    # an example shows a robot how to log an operator's correction
+    assert any(e.get("source") == "human" for e in transition["examples"])
+    status = schema["components"]["schemas"]["StatusResponse"]["properties"]
+    assert status["transitions_by_source"].get("description")

@@ -117,6 +117,7 @@ class Step:
     terminated: bool = False
     truncated: bool = False
     policy_version: int | None = None
+    source: str = "policy"
 
 
 def step(
@@ -413,7 +414,8 @@ def test_inserts_follow_sqlites_limit_on_parameters_per_statement(backend: str) 
         try:
             assert isinstance(store, store_sqlite.SQLiteStore)
             # This thread's connection is the one append writes with: 2 rows per statement.
-            store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * 11 + 10)
+            per_row = store_sqlite._COLUMNS_PER_ROW
+            store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * per_row + 10)
             batch = [step(i % 5, tag=float(i % 5)) for i in range(13)]
             assert store.append(batch) == (5, 8)
             assert tags(all_rows(store)) == [0.0, 1.0, 2.0, 3.0, 4.0]

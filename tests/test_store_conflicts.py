@@ -79,6 +79,7 @@ CHANGES: dict[str, tuple[dict[str, Any], str]] = {
     "terminated": ({"terminated": True}, "False stored, True sent"),
     "truncated": ({"truncated": True}, "False stored, True sent"),
     "policy_version": ({"policy_version": 4}, "3 stored, 4 sent"),
+    "source": ({"source": "demo"}, "policy stored, demo sent"),
 }
 
 

@@ -20,6 +20,7 @@ import pytest
 from robot_sac.store import StoreError, VersionEpisodes, open_store
 from robot_sac.store.sqlite import SCHEMA_VERSION
 from tests.test_store import SPEC, step
+from tests.test_store_sources import downgrade_sqlite_to_schema_3
 
 
 def recomputed_episodes(path: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
@@ -60,7 +61,8 @@ def stored_episodes(path: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
 
 def downgrade_to_schema_1(path: Path) -> None:
     """Make the file what robot_sac wrote before the episode tallies: no tallies table, schema 1
-    (its other tables are the same)."""
+    (nor what schema 4 added; robot_holds, schema 3's, is left: it is created empty on open)."""
+    downgrade_sqlite_to_schema_3(path)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("DROP TABLE episode_tallies")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -94,7 +96,7 @@ def test_a_schema_1_store_is_migrated_on_open_and_its_episodes_stay_right(
 
     with open_store(SPEC, data) as store:
         version, tables = schema_of(path)
-        assert version == SCHEMA_VERSION == 3 and {"episode_tallies", "robot_holds"} <= set(tables)
+        assert version == SCHEMA_VERSION == 4 and {"episode_tallies", "robot_holds"} <= set(tables)
         # more rows for every episode: a late step of an ended one, the end of a running one,
         # and one that moves the vote of a mixed one to a tie (the newer version wins)
         store.append([step(5, episode="a", reward=10.0, version=1)])
@@ -117,10 +119,10 @@ def test_a_store_of_an_unknown_newer_schema_is_refused_untouched(tmp_path: Path)
     data = tmp_path / "data"
     open_store(SPEC, data).close()
     with closing(sqlite3.connect(data / "store.sqlite", isolation_level=None)) as conn:
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="has schema 4"):
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="has schema 5"):
         open_store(SPEC, data)
-    assert schema_of(data / "store.sqlite")[0] == 4
+    assert schema_of(data / "store.sqlite")[0] == 5
 
 
 def test_episodes_follow_random_traffic_with_late_steps_and_retries(tmp_path: Path) -> None:

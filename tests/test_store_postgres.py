@@ -19,6 +19,7 @@ from robot_sac.store import StoreError, TransitionConflict, open_existing, open_
 from robot_sac.store.postgres import PostgresStore
 from tests.store_backends import PG_ADMIN, pg_database_for
 from tests.test_store import SPEC, all_rows, make_policy_bytes, step, tags
+from tests.test_store_sources import downgrade_postgres_to_schema_2
 
 
 @pytest.fixture
@@ -149,9 +150,9 @@ def test_the_schema_version_is_recorded_and_a_newer_one_is_refused(
     store: PostgresStore, url: str
 ) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
-        conn.execute("UPDATE schema_version SET version = 3")
-    with pytest.raises(StoreError, match="schema 3"):
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        conn.execute("UPDATE schema_version SET version = 4")
+    with pytest.raises(StoreError, match="schema 4"):
         open_store(SPEC, url=url)
 
 
@@ -159,14 +160,17 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_state(
     store: PostgresStore, url: str
 ) -> None:
     store.update_control(learner_paused=True)
-    with psycopg.connect(url, autocommit=True) as conn:  # what robot_sac wrote before robot holds
+    store.append([step(0, tag=0.0)])
+    downgrade_postgres_to_schema_2(url)  # then what robot_sac wrote before robot holds
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP TABLE robot_holds")
         conn.execute("UPDATE schema_version SET version = 1")
     with open_store(SPEC, url=url) as reopened:
         assert reopened.control().learner_paused
         assert reopened.update_control(robots={"arm-1": True}).held_robots == {"arm-1"}
+        assert reopened.transitions_by_source() == {"policy": 1, "human": 0, "demo": 0}
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
 
 
 def test_connections_cut_by_the_server_are_replaced_without_losing_a_call(

@@ -43,11 +43,12 @@ class Store(abc.ABC):
 
         ``(robot_id, episode_id, step)`` is the idempotency key. A transition whose key is
         already stored (or appears earlier in the same batch) with the same content (vectors
-        compared by float32 value, reward by its float32 value, flags, ``policy_version``) is
-        counted as a duplicate and not stored again. The same key with other content raises
-        :class:`TransitionConflict` and nothing of the batch is stored; other callers' batches
-        are not affected. Invalid transitions raise ``ValueError``; a store that stays locked
-        raises :class:`StoreBusy`, one that fails :class:`StoreUnavailable`.
+        compared by float32 value, reward by its float32 value, flags, ``policy_version``,
+        ``source``) is counted as a duplicate and not stored again. The same key with other
+        content raises :class:`TransitionConflict` and nothing of the batch is stored (a stored
+        key keeps its source); other callers' batches are not affected. Invalid transitions
+        raise ``ValueError``; a store that stays locked raises :class:`StoreBusy`, one that fails
+        :class:`StoreUnavailable`.
         """
 
     @abc.abstractmethod
@@ -64,6 +65,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def transition_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def transitions_by_source(self) -> dict[str, int]:
+        """How many transitions the log holds of each source (``"policy"``, ``"human"``,
+        ``"demo"``: every one named, 0 if it has none), from counters each commit keeps: as cheap
+        for a log of millions of rows as for an empty one. They sum to :meth:`transition_count`.
+        """
 
     @abc.abstractmethod
     def last_position(self) -> int:

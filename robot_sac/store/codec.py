@@ -18,6 +18,8 @@ import numpy as np
 
 from robot_sac.schemas import FLOAT32_MAX, TaskSpec
 from robot_sac.store.records import (
+    SOURCE_CODES,
+    SOURCE_NAMES,
     LogRows,
     RobotEpisodes,
     StoreError,
@@ -89,7 +91,9 @@ def _packer(width: int) -> Callable[..., bytes]:
 def encode_rows(
     transitions: Sequence[TransitionLike], spec: TaskSpec, received_at: float | None = None
 ) -> list[tuple[Any, ...]]:
-    """Transitions as row tuples for the transitions table, vectors as float32 bytes.
+    """Transitions as row tuples for the transitions table, vectors as float32 bytes: ``(robot_id,
+    episode_id, step, obs, action, reward, next_obs, terminated, truncated, policy_version,
+    source code, received_at)``; :data:`CONTENT` is the part a retry is compared by.
 
     This is the ingest hot path. Vectors already in float32 bytes (a MessagePack body) are
     stored as they are; lists of floats (a JSON body) are packed straight to float32 bytes, a few
@@ -120,9 +124,16 @@ def encode_rows(
     # reward goes through anyway.
     reward_limit = FLOAT32_MAX if spec.reward_bound is None else min(spec.reward_bound, FLOAT32_MAX)
     rows = []
+    codes = SOURCE_CODES
     for t, o, a, n in zip(transitions, obs, action, next_obs, strict=True):
         if not (math.isfinite(t.reward) and abs(t.reward) <= reward_limit):
             raise _bad_reward(t, spec)
+        source = codes.get(t.source)
+        if source is None:
+            raise ValueError(
+                f"transition {t.robot_id}/{t.episode_id}/{t.step}: source must be one of "
+                f"{', '.join(SOURCE_CODES)}, not {t.source!r}"
+            )
         version = t.policy_version
         rows.append(
             (
@@ -136,6 +147,7 @@ def encode_rows(
                 1 if t.terminated else 0,
                 1 if t.truncated else 0,
                 None if version is None else int(version),
+                source,
                 now,
             )
         )
@@ -178,7 +190,8 @@ def _check_obs_bound(
     )
 
 
-# The content of a transition row: ``encode_rows``' columns 3 to 9, compared to find conflicts.
+# The content of a transition row: ``encode_rows``' columns 3 to 10, compared to find conflicts.
+# The source is content: a stored key keeps its source, and a retry that says another is refused.
 CONTENT_FIELDS = (
     "obs",
     "action",
@@ -187,7 +200,9 @@ CONTENT_FIELDS = (
     "terminated",
     "truncated",
     "policy_version",
+    "source",
 )
+CONTENT = slice(3, 3 + len(CONTENT_FIELDS))
 _VECTOR_FIELDS = frozenset(("obs", "action", "next_obs"))
 
 
@@ -212,6 +227,8 @@ def _difference(name: str, first: Any, second: Any) -> tuple[str, str] | None:
         if bool(first) == bool(second):
             return None
         return str(bool(first)), str(bool(second))
+    if name == "source":  # codes, in words
+        return SOURCE_NAMES[first], SOURCE_NAMES[second]
     return str(first), str(second)
 
 
@@ -291,7 +308,8 @@ def _pack_lists(
 
 
 def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:
-    """Rows ``(position, obs, action, reward, next_obs, terminated, truncated, version)``."""
+    """Rows ``(position, obs, action, reward, next_obs, terminated, truncated, version,
+    source code)``."""
     n, o, a = len(rows), spec.obs_dim, spec.action_dim
     if n == 0:
         return LogRows(
@@ -303,8 +321,9 @@ def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:
             np.zeros(0, bool),
             np.zeros(0, bool),
             np.zeros(0, np.int64),
+            np.zeros(0, np.uint8),
         )
-    position, obs, action, reward, next_obs, terminated, truncated, version = zip(
+    position, obs, action, reward, next_obs, terminated, truncated, version, source = zip(
         *rows, strict=True
     )
     return LogRows(
@@ -318,7 +337,22 @@ def decode_rows(rows: Sequence[Sequence[Any]], spec: TaskSpec) -> LogRows:
         terminated=np.asarray(terminated, bool),
         truncated=np.asarray(truncated, bool),
         policy_version=np.asarray([-1 if v is None else v for v in version], np.int64),
+        source=np.asarray(source, np.uint8),
     )
+
+
+def source_counts(rows: Sequence[Sequence[Any]]) -> dict[int, int]:
+    """How many of the encoded ``rows`` each source code has (codes without rows left out): what
+    a commit adds to the log's counts by source."""
+    counts: dict[int, int] = {}
+    for r in rows:
+        counts[r[10]] = counts.get(r[10], 0) + 1
+    return counts
+
+
+def counts_by_source(counts: Mapping[int, int]) -> dict[str, int]:
+    """Counts by source code as counts by source name, every source named (0 if it has none)."""
+    return {name: int(counts.get(code, 0)) for name, code in SOURCE_CODES.items()}
 
 
 def episode_tallies(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str, int], list[Any]]:

@@ -49,16 +49,19 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    CONTENT,
     ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
     check_fingerprint,
     check_robot_holds,
+    counts_by_source,
     decode_rows,
     encode_rows,
     episode_tallies,
     find_conflict,
     robot_episodes,
+    source_counts,
     task_fingerprint,
 )
 from robot_sac.store.records import (
@@ -77,9 +80,9 @@ from robot_sac.store.records import (
 )
 
 # The database's schema; the ``schema_version`` table records which one it has.
-# 2 added robot_holds (the robots held one by one); an older robot_sac refuses a newer schema
-# rather than ignore its holds.
-SCHEMA_VERSION = 2
+# 2 added robot_holds (the robots held one by one), 3 each transition's source and the counts by
+# source; an older robot_sac refuses a newer schema rather than ignore what it cannot read.
+SCHEMA_VERSION = 3
 # Positions are ``transaction id << ROW_BITS | index in the batch``: up to 2**20 rows a batch.
 ROW_BITS = 20
 MAX_ROWS_PER_APPEND = 1 << ROW_BITS
@@ -111,12 +114,15 @@ CREATE TABLE IF NOT EXISTS transitions (
     terminated SMALLINT NOT NULL,
     truncated SMALLINT NOT NULL,
     policy_version BIGINT,
+    source SMALLINT NOT NULL DEFAULT 0,
     received_at DOUBLE PRECISION NOT NULL,
     UNIQUE (robot_id, episode_id, step)
 );
 CREATE TABLE IF NOT EXISTS transition_counts (
-    slot INTEGER PRIMARY KEY,
-    n BIGINT NOT NULL
+    slot INTEGER NOT NULL,
+    n BIGINT NOT NULL,
+    source SMALLINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, slot)
 );
 CREATE TABLE IF NOT EXISTS episodes (
     robot_id TEXT NOT NULL,
@@ -176,27 +182,32 @@ CREATE TABLE IF NOT EXISTS learner_status (
 # (so positions follow the batch's order).
 _INSERT = f"""
 INSERT INTO transitions (position, robot_id, episode_id, step, obs, action, reward, next_obs,
-    terminated, truncated, policy_version, received_at)
+    terminated, truncated, policy_version, source, received_at)
 SELECT (pg_current_xact_id()::text::bigint << {ROW_BITS}) + r.ord, r.robot_id, r.episode_id,
     r.step, r.obs, r.action, r.reward, r.next_obs, r.terminated, r.truncated, r.policy_version,
-    r.received_at
+    r.source, r.received_at
 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[],
-    %b::float8[], %b::bytea[], %b::smallint[], %b::smallint[], %b::bigint[], %b::float8[])
+    %b::float8[], %b::bytea[], %b::smallint[], %b::smallint[], %b::bigint[], %b::smallint[],
+    %b::float8[])
     AS r(ord, robot_id, episode_id, step, obs, action, reward, next_obs, terminated, truncated,
-    policy_version, received_at)
+    policy_version, source, received_at)
 ORDER BY r.robot_id, r.episode_id, r.step
 ON CONFLICT (robot_id, episode_id, step) DO NOTHING
 RETURNING robot_id, episode_id, step
 """
 _STORED = """
 SELECT t.robot_id, t.episode_id, t.step, t.obs, t.action, t.reward, t.next_obs, t.terminated,
-    t.truncated, t.policy_version
+    t.truncated, t.policy_version, t.source
 FROM transitions t JOIN unnest(%b::text[], %b::text[], %b::bigint[]) AS k(robot_id, episode_id,
     step) USING (robot_id, episode_id, step)
 """
+# One row per (source, slot): the batch's counts by source, added in source order (two writers
+# sharing a slot lock its rows in the same order, so they cannot deadlock).
 _COUNT = f"""
-INSERT INTO transition_counts (slot, n) VALUES (pg_backend_pid() %% {_COUNT_SLOTS}, %s)
-ON CONFLICT (slot) DO UPDATE SET n = transition_counts.n + excluded.n
+INSERT INTO transition_counts (source, slot, n)
+SELECT c.source, pg_backend_pid() %% {_COUNT_SLOTS}, c.n
+FROM unnest(%s::smallint[], %s::bigint[]) AS c(source, n) ORDER BY c.source
+ON CONFLICT (source, slot) DO UPDATE SET n = transition_counts.n + excluded.n
 """
 # Versions are >= 0, so -1 stands for "the robot did not say" (as in LogRows).
 _TALLY = """
@@ -232,7 +243,7 @@ ON CONFLICT (robot_id, episode_id) DO UPDATE SET policy_version = excluded.polic
     episode_return = excluded.episode_return, last_reward = excluded.last_reward,
     steps = excluded.steps
 """
-_COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
+_COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version, source"
 # The horizon: the oldest transaction still running in this database when the snapshot was
 # taken, else the snapshot's xmax (every id below it had ended). Transactions of other
 # databases of the same server cannot write here, so they do not hold the tail back; one that
@@ -436,16 +447,20 @@ class PostgresStore(Store):
                 (SCHEMA_VERSION,),
             )
             (schema,) = conn.execute("SELECT version FROM schema_version").fetchone()  # type: ignore[misc]
+            opened = schema
+            # Each migration takes the database one schema up, all in this transaction.
             if schema == 1:
-                # Schema 2 adds robot_holds, created empty above. Later schemas add their
-                # migrations here, each one step up, in this transaction.
-                conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
-                schema = SCHEMA_VERSION
+                schema = 2  # schema 2 adds robot_holds, created empty above
+            if schema == 2:
+                _add_sources(conn)
+                schema = 3
             if schema != SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.where} has robot_sac schema {schema}; this version of robot_sac "
-                    f"reads schema {SCHEMA_VERSION}"
+                    f"{self.where} has robot_sac schema {opened}; this version of robot_sac "
+                    f"reads schemas 1 to {SCHEMA_VERSION}"
                 )
+            if opened != schema:
+                conn.execute("UPDATE schema_version SET version = %s", (schema,))
             defaults = {"task": json.dumps(task_fingerprint(self.spec)), "next_version": "0"}
             for key, value in defaults.items():
                 conn.execute(
@@ -559,6 +574,17 @@ class PostgresStore(Store):
             write=False,
         )
         return int(row[0])
+
+    @_store_errors
+    def transitions_by_source(self) -> dict[str, int]:
+        # The counters kept by each commit: at most _COUNT_SLOTS rows per source.
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT source, SUM(n) FROM transition_counts GROUP BY source"
+            ).fetchall(),
+            write=False,
+        )
+        return counts_by_source({int(code): int(n) for code, n in rows})
 
     @_store_errors
     def last_position(self) -> int:
@@ -926,12 +952,12 @@ def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[PendingBatch]
         for i, r in enumerate(rows):
             key = (r[0], r[1], r[2])
             if key in stored:
-                conflict = find_conflict(key, stored[key], r[3:10])
+                conflict = find_conflict(key, stored[key], r[CONTENT])
             elif key in firsts:
                 content, by = firsts[key]
-                conflict = find_conflict(key, content, r[3:10], in_batch=by == owner[i])
+                conflict = find_conflict(key, content, r[CONTENT], in_batch=by == owner[i])
             else:
-                firsts[key] = (r[3:10], owner[i])
+                firsts[key] = (r[CONTENT], owner[i])
                 continue
             if conflict is not None and owner[i] not in conflicts:
                 conflicts[owner[i]] = conflict
@@ -944,15 +970,18 @@ def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[PendingBatch]
     for key in new:
         accepted[owner[first[key]]] += 1
     if new:
-        conn.execute(_COUNT, (len(new),))
-        _tally(conn, [rows[first[k]] for k in sorted(new)])
+        stored = [rows[first[k]] for k in sorted(new)]
+        counts = sorted(source_counts(stored).items())
+        conn.execute(_COUNT, ([code for code, _ in counts], [n for _, n in counts]))
+        _tally(conn, stored)
     return accepted
 
 
 def _stored_content(
     conn: psycopg.Connection[Any], keys: Sequence[TransitionKey]
 ) -> dict[TransitionKey, tuple[Any, ...]]:
-    """The stored content (codec columns 3 to 9) of each of ``keys`` that is logged."""
+    """The stored content (the codec's :data:`CONTENT` columns) of each of ``keys`` that is
+    logged."""
     if not keys:
         return {}
     columns = [list(c) for c in zip(*keys, strict=True)]
@@ -960,6 +989,16 @@ def _stored_content(
         (r[0], r[1], int(r[2])): tuple(bytes(v) if isinstance(v, memoryview) else v for v in r[3:])
         for r in conn.execute(_STORED, columns)
     }
+
+
+def _add_sources(conn: psycopg.Connection[Any]) -> None:
+    """Schema 2 to 3: each transition's source (every row logged before is the policy's), and
+    the transition counts kept per source (the counts so far are the policy's). A column with a
+    constant default is added without rewriting the table, however long the log."""
+    conn.execute("ALTER TABLE transitions ADD COLUMN source SMALLINT NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE transition_counts ADD COLUMN source SMALLINT NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE transition_counts DROP CONSTRAINT transition_counts_pkey")
+    conn.execute("ALTER TABLE transition_counts ADD PRIMARY KEY (source, slot)")
 
 
 def _tally(conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:

@@ -34,6 +34,12 @@ class UnknownVersion(StoreError):
 
 TransitionKey = tuple[str, str, int]
 
+# The code the log keeps for each transition source (robot_sac.schemas.Source), and that
+# LogRows.source holds: fixed forever, since stored rows and the learner's sampler rely on them.
+SOURCE_CODES: dict[str, int] = {"policy": 0, "human": 1, "demo": 2}
+# The name of each code: SOURCE_NAMES[code].
+SOURCE_NAMES: tuple[str, ...] = tuple(sorted(SOURCE_CODES, key=SOURCE_CODES.__getitem__))
+
 
 class TransitionConflict(ValueError):
     """A transition reuses a stored key, ``(robot_id, episode_id, step)``, with other content
@@ -75,12 +81,15 @@ class TransitionLike(Protocol):
     def truncated(self) -> bool: ...
     @property
     def policy_version(self) -> int | None: ...
+    @property
+    def source(self) -> str: ...  # a key of SOURCE_CODES
 
 
 class LogRows(NamedTuple):
     """Rows of the transition log, oldest first, as arrays (``N`` rows).
 
-    ``policy_version`` is -1 where the robot did not say which version acted.
+    ``policy_version`` is -1 where the robot did not say which version acted. ``source`` is
+    each row's :data:`SOURCE_CODES` value: 0 policy, 1 human (an operator's correction), 2 demo.
     """
 
     position: np.ndarray  # (N,) int64, strictly increasing
@@ -91,6 +100,7 @@ class LogRows(NamedTuple):
     terminated: np.ndarray  # (N,) bool
     truncated: np.ndarray  # (N,) bool
     policy_version: np.ndarray  # (N,) int64
+    source: np.ndarray  # (N,) uint8, SOURCE_CODES
 
     def __len__(self) -> int:  # type: ignore[override]
         return int(self.position.shape[0])

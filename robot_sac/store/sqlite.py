@@ -25,19 +25,23 @@ from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
+    CONTENT,
     ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
     check_fingerprint,
     check_robot_holds,
+    counts_by_source,
     decode_rows,
     encode_rows,
     episode_tallies,
     find_conflict,
     robot_episodes,
+    source_counts,
     task_fingerprint,
 )
 from robot_sac.store.records import (
+    SOURCE_CODES,
     ControlState,
     LogRows,
     PolicyRecord,
@@ -52,9 +56,13 @@ from robot_sac.store.records import (
     VersionEpisodes,
 )
 
-# The SQLite file's schema: 2 added the episode tallies, 3 the robots held one by one
-# (migrated on open; an older robot_sac refuses a newer file rather than ignore its holds).
-SCHEMA_VERSION = 3
+# The SQLite file's schema: 2 added the episode tallies, 3 the robots held one by one, 4 each
+# transition's source and the counts by source (migrated on open; an older robot_sac refuses a
+# newer file rather than ignore what it cannot read).
+SCHEMA_VERSION = 4
+# The meta rows counting the log's transitions, one per source: the status reads them instead of
+# counting a log of millions of rows. The log's length is their sum.
+_COUNT_KEYS = {code: f"transitions.{name}" for name, code in SOURCE_CODES.items()}
 
 # Portable SQL: the PostgreSQL backend runs the same statements with BIGSERIAL/BYTEA types.
 SCHEMA = """
@@ -71,6 +79,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     terminated INTEGER NOT NULL,
     truncated INTEGER NOT NULL,
     policy_version INTEGER,
+    source INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
     UNIQUE (robot_id, episode_id, step)
 );
@@ -129,11 +138,11 @@ CREATE TABLE IF NOT EXISTS learner_status (
 
 _INSERT_HEAD = (
     "INSERT INTO transitions (robot_id, episode_id, step, obs, action, reward, next_obs, "
-    "terminated, truncated, policy_version, received_at) VALUES "
+    "terminated, truncated, policy_version, source, received_at) VALUES "
 )
-_INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_TAIL = " ON CONFLICT (robot_id, episode_id, step) DO NOTHING"
-_COLUMNS_PER_ROW = 11
+_COLUMNS_PER_ROW = 12
 _MAX_ROWS_PER_INSERT = 1000
 
 
@@ -202,7 +211,7 @@ def _settle(
         position, content = stored[key]
         # A key new to the log holds this batch's first copy: another copy differing from it
         # is a conflict inside the batch.
-        conflict = find_conflict(key, content, r[3:10], in_batch=position > newest_before)
+        conflict = find_conflict(key, content, r[CONTENT], in_batch=position > newest_before)
         if conflict is not None:
             raise conflict
     return [
@@ -273,11 +282,11 @@ _BACKFILL_TALLIES = """
     FROM transitions GROUP BY robot_id, episode_id, COALESCE(policy_version, -1)
 """
 _STORED_HEAD = (
-    "SELECT step, position, obs, action, reward, next_obs, terminated, truncated, policy_version "
-    "FROM transitions WHERE robot_id = ? AND episode_id = ? AND step IN "
+    "SELECT step, position, obs, action, reward, next_obs, terminated, truncated, policy_version, "
+    "source FROM transitions WHERE robot_id = ? AND episode_id = ? AND step IN "
 )
 _MAX_STEPS_PER_LOOKUP = 500
-_COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version"
+_COLUMNS = "position, obs, action, reward, next_obs, terminated, truncated, policy_version, source"
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
@@ -463,7 +472,7 @@ class SQLiteStore(Store):
                 "schema_version": str(SCHEMA_VERSION),
                 "task": json.dumps(task_fingerprint(self.spec)),
                 "next_version": "0",
-                "transitions": "0",
+                **dict.fromkeys(_COUNT_KEYS.values(), "0"),
             }
             for key, value in defaults.items():
                 c.execute(
@@ -473,21 +482,33 @@ class SQLiteStore(Store):
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
             # Refused here, inside the transaction, a wrong store is left as it was.
             check_fingerprint(meta["task"], self.spec, str(self.data_dir))
-            schema = int(meta["schema_version"])
-            if schema in (1, 2):
-                if schema == 1:
-                    # Schema 2 adds the episode tallies: computed once from the stored rows.
-                    c.execute(_BACKFILL_TALLIES)
-                # Schema 3 adds robot_holds, created empty above.
+            opened = schema = int(meta["schema_version"])
+            # Each migration takes the file one schema up, all in this transaction.
+            if schema == 1:
+                # Schema 2 adds the episode tallies: computed once from the stored rows.
+                c.execute(_BACKFILL_TALLIES)
+                schema = 2
+            if schema == 2:
+                schema = 3  # schema 3 adds robot_holds, created empty above
+            if schema == 3:
+                # Schema 4 adds each row's source: every row logged before it is the policy's.
+                # A constant default: SQLite does not rewrite the table, however long the log.
+                c.execute("ALTER TABLE transitions ADD COLUMN source INTEGER NOT NULL DEFAULT 0")
+                # ... and counts by source: the log's count so far is the policy's.
                 c.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                    (str(SCHEMA_VERSION),),
+                    "UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'transitions') "
+                    "WHERE key = ?",
+                    (_COUNT_KEYS[SOURCE_CODES["policy"]],),
                 )
-            elif schema != SCHEMA_VERSION:
+                c.execute("DELETE FROM meta WHERE key = 'transitions'")
+                schema = 4
+            if schema != SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path} has schema {schema}; this version of robot_sac reads schemas "
+                    f"{self.path} has schema {opened}; this version of robot_sac reads schemas "
                     f"1 to {SCHEMA_VERSION}"
                 )
+            if opened != schema:
+                c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
             c.execute(
                 "INSERT INTO meta (key, value) VALUES ('task_spec', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -562,10 +583,10 @@ class SQLiteStore(Store):
                     if several:
                         conn.execute("RELEASE SAVEPOINT batch")
                 if stored:
-                    conn.execute(
+                    conn.executemany(
                         "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
-                        "WHERE key = 'transitions'",
-                        (len(stored),),
+                        "WHERE key = ?",
+                        [(n, _COUNT_KEYS[code]) for code, n in source_counts(stored).items()],
                     )
                     _tally(conn, stored)
                 conn.execute("COMMIT")
@@ -614,8 +635,17 @@ class SQLiteStore(Store):
 
     @_store_errors
     def transition_count(self) -> int:
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'transitions'").fetchone()
-        return int(row[0])
+        return sum(self.transitions_by_source().values())
+
+    @_store_errors
+    def transitions_by_source(self) -> dict[str, int]:
+        # The counters kept by each commit: three rows of meta, whatever the log's length.
+        keys = list(_COUNT_KEYS.values())
+        rows = self._conn().execute(
+            f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys
+        )
+        codes = {key: code for code, key in _COUNT_KEYS.items()}
+        return counts_by_source({codes[key]: int(value) for key, value in rows})
 
     @_store_errors
     def last_position(self) -> int:

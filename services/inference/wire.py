@@ -27,7 +27,14 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel
 
-from robot_sac.schemas import FLOAT32_MAX, ActBatchRequest, ActRequest, TransitionsRequest
+from robot_sac.schemas import (
+    FLOAT32_MAX,
+    SOURCES,
+    ActBatchRequest,
+    ActRequest,
+    Source,
+    TransitionsRequest,
+)
 from robot_sac.store.records import TransitionLike
 
 # Refused bodies up to this size get pydantic's full answer (at most ~1.5 ms of its time).
@@ -61,6 +68,8 @@ class WireTransition(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=
     terminated: bool
     truncated: bool
     policy_version: _Count | None = None
+    # A Literal is checked by msgspec as it reads the string: no cost beyond the field's bytes.
+    source: Source = "policy"
 
 
 class WireTransitions(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
@@ -82,6 +91,11 @@ class BodyError(ValueError):
         self.status = status
 
 
+# msgspec names a value outside a Literal without saying what it may be; pydantic's answer (for
+# small bodies) lists the choices, and so does this one, for the Literal fields of the wire.
+_CHOICES = {"source": " or ".join((", ".join(map(repr, SOURCES[:-1])), repr(SOURCES[-1])))}
+
+
 def _msgspec_error(exc: msgspec.MsgspecError, kind: str) -> BodyError:
     """msgspec's first error as the service words errors: ``where: what``."""
     text = str(exc)
@@ -89,6 +103,9 @@ def _msgspec_error(exc: msgspec.MsgspecError, kind: str) -> BodyError:
         return BodyError(f"the request body is not valid {kind} ({text})", 400)
     what, _, where = text.partition(" - at `$")
     where = where.rstrip("`").lstrip(".")
+    choices = _CHOICES.get(where.rpartition(".")[2])
+    if choices is not None:
+        what = f"{what}; it should be {choices}"
     return BodyError(f"{where}: {what}" if where else what, 422)
 
 

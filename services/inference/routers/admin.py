@@ -106,7 +106,10 @@ def _status(state: AppState) -> StatusResponse:
     latest = store.latest_policy()
     status = _from_memory(state)
     status.latest_version = None if latest is None else latest.version
-    status.transitions = store.transition_count()
+    # One read of the counters: the total and its parts agree in the answer.
+    by_source = store.transitions_by_source()
+    status.transitions = sum(by_source.values())
+    status.transitions_by_source = by_source
     status.learner = learner_view(store.learner_status(), time.time())
     status.episodes = [
         VersionEpisodesView(
