@@ -5,15 +5,22 @@ same draw as the CUDA graph makes it (run here on the CPU)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.cuda_graphs import graphable_sample_indices
 from robot_sac.replay import ReplayBuffer
+from robot_sac.schemas import TaskSpec, Transition
+from robot_sac.services.learner import Learner
+from robot_sac.settings import Settings
+from robot_sac.store import open_store
+from tests.test_learner import transitions
 
 OBS, ACT = 3, 2
 REWARD_COLUMN = OBS + ACT  # the storage column of the reward: each test row's id
@@ -189,3 +196,68 @@ def test_the_graphed_sampler_draws_the_same_shares_from_device_counters():
         drawn = ids_at(rb, graph_draw(rb, 64, 32, seed))
         assert all(i in want for i in drawn[:32])
         assert all(125 <= i < 225 for i in drawn)
+
+
+# --- the learner: demonstrations and corrections in the log are its prior rows -----------------
+
+
+def marked(start: int, n: int, source: str, reward: float) -> list[Transition]:
+    """``n`` transitions of ``source`` whose reward is ``reward`` (how a replay row shows it)."""
+    return [
+        t.model_copy(update={"source": source, "reward": reward, "robot_id": source})
+        for t in transitions(start, n)
+    ]
+
+
+def test_the_learners_batches_draw_their_share_from_demonstrations_and_corrections(
+    tmp_path: Path,
+):
+    spec = TaskSpec(
+        name="small",
+        obs_dim=3,
+        action_low=(-2.0,),
+        action_high=(2.0,),
+        sac=SACConfig(
+            hidden=(16, 16), batch_size=32, learning_starts=100, buffer_size=400, prior_share=0.25
+        ),
+    )
+    store = open_store(spec, tmp_path)
+    ensure_initial_policy(store)
+    # policy steps (their rewards are standard normal draws, below 50), demonstrations, an
+    # operator's corrections, more policy steps: the log's order is the replay's
+    store.append(transitions(0, 150))
+    store.append(marked(0, 30, "demo", 100.0))
+    store.append(marked(30, 10, "human", 200.0))
+    store.append(transitions(150, 60))
+    learner = Learner(
+        Settings(data_dir=tmp_path, publish_every=1000),
+        spec,
+        store,
+        torch.device("cpu"),
+        tensorboard=False,
+    )
+    learner.start()  # the replay is rebuilt from the log, sources included
+    rb = learner.replay
+    reward_column = spec.obs_dim + spec.action_dim
+    assert len(rb) == 250 and rb.prior_size == 40
+    assert (
+        sorted(int(r) for r in rb.storage[rb.prior_rows(), reward_column])
+        == [100] * 30 + [200] * 10
+    )
+    learner.run(lambda: False, max_updates=150)  # utd 1: 250 - 100 transitions' worth
+    assert learner.sac.updates == 150
+    # every one of the learner's batches drew round(0.25 * 32) = 8 rows from the prior rows
+    assert rb.drawn_rows == 150 * 32 and rb.drawn_prior_rows == 150 * 8
+    assert rb.last_indices is not None
+    assert float(rb.storage[rb.last_indices[:8], reward_column].min()) >= 100.0
+    # new policy steps, read by the running learner, overwrite the oldest rows of the ring: the
+    # 400 rows held are now the log's last 400 (of 580), without the first 150 policy steps and
+    # the demonstrations; the corrections stay
+    store.append(transitions(210, 330))
+    learner.run(lambda: False, max_updates=151)
+    assert len(rb) == 400 and rb.prior_size == 10
+    learner.run(lambda: False, max_updates=200)
+    assert float(rb.storage[rb.last_indices[:8], reward_column].min()) == 200.0
+    assert rb.drawn_prior_rows == learner.sac.updates * 8
+    learner.close()
+    store.close()

@@ -65,6 +65,7 @@ from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoi
 from robot_sac.services.learner.telemetry import BehindAlarm, UtdWindow, open_board
 from robot_sac.settings import Settings
 from robot_sac.store import LogRows, PolicyRecord, Store, StoreError
+from robot_sac.store.records import SOURCE_CODES
 
 log = logging.getLogger("robot_sac.learner")
 
@@ -256,6 +257,9 @@ class Learner:
     def _add(self, rows: LogRows, count_from: int) -> None:
         """Put log rows into the replay (actions to [-1, 1]); count those after ``count_from``.
 
+        Rows from a human or a demonstration (any source but the policy's) are the replay's prior
+        rows, which ``prior_share`` of each batch is drawn from.
+
         Rows that fail the screen (:func:`robot_sac.replay.sane_rows`) are quarantined instead:
         left out, counted, and their positions kept for the status. Rows at or before
         ``count_from`` were counted before the checkpoint; on a rebuild they are screened again
@@ -270,7 +274,8 @@ class Learner:
             if len(rows) == 0:
                 return
         unit = np.clip((rows.action - self._center) / self._half_range, -1.0, 1.0)
-        self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated)
+        prior = rows.source != SOURCE_CODES["policy"]
+        self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated, prior=prior)
         self.counters.consumed += int((rows.position > count_from).sum())
         versions = rows.policy_version[rows.policy_version >= 0]
         if len(versions):
