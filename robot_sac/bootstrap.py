@@ -27,6 +27,7 @@ def ensure_initial_policy(store: Store, seed: int = 0) -> PolicyRecord:
     import torch
 
     from robot_sac.networks import Actor
+    from robot_sac.normalization import RunningMeanStd
     from robot_sac.policy import policy_bytes
 
     spec = store.spec
@@ -41,7 +42,14 @@ def ensure_initial_policy(store: Store, seed: int = 0) -> PolicyRecord:
             cfg.log_std_min,
             cfg.log_std_max,
         )
-    data = policy_bytes(actor, spec.action_low, spec.action_high, version=0)
+    # With observation normalisation, version 0 carries the statistics before any data (mean 0,
+    # variance 1): robots see the clipped observations the learner's first updates will see.
+    obs_norm = (
+        RunningMeanStd(spec.obs_dim).frozen(cfg.obs_norm_clip, cfg.obs_norm_eps)
+        if cfg.obs_normalization
+        else None
+    )
+    data = policy_bytes(actor, spec.action_low, spec.action_high, version=0, obs_norm=obs_norm)
     record = store.register_policy(data, first=True)
     deadline = time.monotonic() + FIRST_VERSION_WAIT_S
     while record is None:  # another process reserved version 0: wait for it to land

@@ -37,6 +37,12 @@ class SACConfig(BaseModel):
       source ``human`` or ``demo``), ``round(prior_share * batch_size)`` rows exactly; the rest
       come from all rows. RLPD's symmetric sampling is 0.5. While the buffer holds no prior row,
       the whole batch comes from all rows.
+
+    ``obs_normalization``: the learner keeps a running mean and variance of the observations it
+    takes from the log, trains on ``clip((obs - mean) / sqrt(var + obs_norm_eps), ±obs_norm_clip)``
+    and ships the frozen statistics in every version it publishes, which every serving path then
+    applies (see :mod:`robot_sac.normalization`). Off by default: versions stay format 1 and
+    learning is unchanged.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +60,9 @@ class SACConfig(BaseModel):
     target_entropy: float | None = None
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    obs_normalization: bool = False
+    obs_norm_clip: float = Field(default=10.0, gt=0.0, le=1e6)  # Stable-Baselines3's VecNormalize
+    obs_norm_eps: float = Field(default=1e-8, ge=0.0, le=1.0)
     critic_layer_norm: bool = False
     num_critics: int = Field(default=2, ge=1)
     critic_subset: int = Field(default=2, ge=1)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from robot_sac.replay import ReplayBuffer, prior_rows_per_batch
+from robot_sac.replay import Batch, ReplayBuffer, prior_rows_per_batch
 from robot_sac.sac import SAC
 
 
@@ -70,19 +70,30 @@ class GraphedUpdate:
         compile: also pass :meth:`SAC.critic_loss` and :meth:`SAC.actor_losses` through
             ``torch.compile`` before capturing, which fuses the elementwise work into fewer
             kernels.
+        transform: applied to each sampled batch before the update, inside the graph (the
+            learner's observation normalisation,
+            :meth:`~robot_sac.normalization.LiveNormalization.batch`). It is captured too: any
+            tensor it reads must stay the same tensor, its values updated in place.
 
     Calling the object runs one update and returns the statistics of :meth:`SAC.update` as static
     device tensors, overwritten by the next call (clone them to keep them).
     """
 
-    def __init__(self, sac: SAC, replay: ReplayBuffer, compile: bool = False, warmup: int = 3):
+    def __init__(
+        self,
+        sac: SAC,
+        replay: ReplayBuffer,
+        compile: bool = False,
+        warmup: int = 3,
+        transform: Callable[[Batch], Batch] | None = None,
+    ):
         if sac.device.type != "cuda" or replay.device != sac.device:
             raise ValueError(
                 "GraphedUpdate needs the learner and its replay buffer on one CUDA device"
             )
         if len(replay) == 0:
             raise ValueError("fill the replay buffer before capturing the update")
-        self.sac, self.replay = sac, replay
+        self.sac, self.replay, self.transform = sac, replay, transform
         self.batch_size = sac.cfg.batch_size
         self._size = torch.tensor(float(len(replay)), dtype=torch.float64, device=sac.device)
         self.prior_rows = prior_rows_per_batch(self.batch_size, sac.cfg.prior_share)
@@ -117,7 +128,10 @@ class GraphedUpdate:
         )
         self.last_indices = idx  # a static tensor: the rows drawn by the latest replay
         rows = self.replay.storage.index_select(0, idx)
-        return self.sac.update(self.replay.batch_from_rows(rows))
+        batch = self.replay.batch_from_rows(rows)
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return self.sac.update(batch)
 
     def _read_replay(self) -> None:
         self._size.fill_(float(len(self.replay)))

@@ -5,6 +5,17 @@ A version file is what the learner publishes and the service serves. It holds on
 rebuild and use it alone: the policy family, the task's sizes and action bounds, the network
 sizes, the version number, its creation time and how many updates produced it.
 
+Two formats, named by the metadata's ``format``:
+
+- ``robot_sac.policy/1``: the actor alone; it acts on raw observations.
+- ``robot_sac.policy/2``: the actor and the observation normalisation it was trained with
+  (:mod:`robot_sac.normalization`): tensors ``obs_norm.mean`` and ``obs_norm.std``, float32
+  ``(obs_dim,)``, and metadata ``obs_norm_clip``, ``obs_norm_eps``, ``obs_norm_count``. Every
+  serving path normalises with them before the actor. Written only for a normalised actor, so a
+  learner without normalisation keeps writing format 1, which older services read.
+
+Both formats load.
+
 :func:`load_policy` checks a file before anything can act with it, and raises
 :class:`PolicyFileError` naming the failed check. Nothing here unpickles.
 """
@@ -32,10 +43,12 @@ from robot_sac.config import PolicyFamily
 from robot_sac.cpu_inference import NumpyActor
 from robot_sac.fileio import write_atomic
 from robot_sac.networks import Actor, overflow_free_obs_bound
+from robot_sac.normalization import ObsNormalization
 from robot_sac.safety import SafetyEnvelope
 from robot_sac.schemas import TaskSpec
 
 FORMAT = "robot_sac.policy/1"
+FORMAT_NORMALIZED = "robot_sac.policy/2"  # format 1 plus the observation normalisation
 _MAX_HEADER = 16 * 1024 * 1024
 # Limits on what a file's metadata may ask to be built, checked before anything is allocated: a
 # hostile upload claiming hidden sizes [100000, 100000] would otherwise cost 10**10 floats.
@@ -70,6 +83,8 @@ _FIELDS = (
     "created_at",
     "updates",
 )
+_NORM_FIELDS = ("obs_norm_clip", "obs_norm_eps", "obs_norm_count")
+NORM_MEAN, NORM_STD = "obs_norm.mean", "obs_norm.std"  # the format-2 tensors
 
 
 class PolicyFileError(ValueError):
@@ -81,8 +96,20 @@ class PolicyFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class NormalizationInfo:
+    """The metadata of a format-2 file's observation normalisation (its tensors aside)."""
+
+    clip: float
+    eps: float
+    count: int
+
+
+@dataclass(frozen=True)
 class PolicyInfo:
-    """What a version file says about itself (its safetensors metadata, parsed and checked)."""
+    """What a version file says about itself (its safetensors metadata, parsed and checked).
+
+    ``normalization`` is None for a format-1 file (the actor acts on raw observations).
+    """
 
     family: PolicyFamily
     obs_dim: int
@@ -95,11 +122,26 @@ class PolicyInfo:
     version: int
     created_at: str
     updates: int
+    normalization: NormalizationInfo | None = None
+
+    @property
+    def format(self) -> str:
+        return FORMAT if self.normalization is None else FORMAT_NORMALIZED
 
     def metadata(self) -> dict[str, str]:
         """The safetensors metadata (string to string) that encodes this info."""
+        norm = self.normalization
+        extra = (
+            {}
+            if norm is None
+            else {
+                "obs_norm_clip": repr(norm.clip),
+                "obs_norm_eps": repr(norm.eps),
+                "obs_norm_count": str(norm.count),
+            }
+        )
         return {
-            "format": FORMAT,
+            "format": self.format,
             "family": self.family,
             "obs_dim": str(self.obs_dim),
             "action_dim": str(self.action_dim),
@@ -111,6 +153,7 @@ class PolicyInfo:
             "version": str(self.version),
             "created_at": self.created_at,
             "updates": str(self.updates),
+            **extra,
         }
 
 
@@ -121,8 +164,18 @@ def policy_bytes(
     version: int,
     updates: int = 0,
     created_at: str | None = None,
+    obs_norm: ObsNormalization | None = None,
 ) -> bytes:
-    """Serialise ``actor`` and its metadata as the bytes of a version file."""
+    """Serialise ``actor`` and its metadata as the bytes of a version file.
+
+    With ``obs_norm`` (the normalisation the actor was trained with) the file is format 2 and
+    carries it; without, format 1.
+    """
+    if obs_norm is not None and obs_norm.dim != actor.obs_dim:
+        raise ValueError(
+            f"the normalisation is for {obs_norm.dim} observation values, the actor takes "
+            f"{actor.obs_dim}"
+        )
     info = PolicyInfo(
         family=actor.family,
         obs_dim=actor.obs_dim,
@@ -135,11 +188,17 @@ def policy_bytes(
         version=int(version),
         created_at=created_at or dt.datetime.now(dt.timezone.utc).isoformat(),
         updates=int(updates),
+        normalization=None
+        if obs_norm is None
+        else NormalizationInfo(obs_norm.clip, obs_norm.eps, obs_norm.count),
     )
     _check_info(info)
     tensors = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in actor.state_dict().items()
     }
+    if obs_norm is not None:
+        tensors[NORM_MEAN] = torch.tensor(obs_norm.mean, dtype=torch.float32)
+        tensors[NORM_STD] = torch.tensor(obs_norm.std, dtype=torch.float32)
     return safetensors.torch.save(tensors, metadata=info.metadata())
 
 
@@ -151,6 +210,7 @@ def save_policy(
     version: int,
     updates: int = 0,
     created_at: str | None = None,
+    obs_norm: ObsNormalization | None = None,
 ) -> str:
     """Write a version file atomically (temp file, fsync, rename, directory fsync).
 
@@ -158,12 +218,15 @@ def save_policy(
         The file's sha256 (hex), for the registry to check on every later load.
     """
     return write_atomic(
-        path, policy_bytes(actor, action_low, action_high, version, updates, created_at)
+        path, policy_bytes(actor, action_low, action_high, version, updates, created_at, obs_norm)
     )
 
 
 def with_version(data: bytes, version: int) -> bytes:
-    """The same version file with its metadata ``version`` rewritten (the registry numbers it)."""
+    """The same version file with its metadata ``version`` rewritten (the registry numbers it).
+
+    Every tensor (a format-2 file's normalisation too) and every other field is kept.
+    """
     info = read_policy_info(data)
     try:
         tensors = load_safetensors(data)  # raw tensors from bytes; safetensors never unpickles
@@ -191,8 +254,14 @@ def read_policy_info(data: bytes) -> PolicyInfo:
     missing = [k for k in _FIELDS if k not in meta]
     if missing:
         raise PolicyFileError("metadata", f"missing fields: {', '.join(missing)}")
-    if meta["format"] != FORMAT:
-        raise PolicyFileError("metadata", f"format {meta['format']!r}, expected {FORMAT!r}")
+    if meta["format"] not in (FORMAT, FORMAT_NORMALIZED):
+        raise PolicyFileError(
+            "metadata", f"format {meta['format']!r}, expected {FORMAT!r} or {FORMAT_NORMALIZED!r}"
+        )
+    normalized = meta["format"] == FORMAT_NORMALIZED
+    missing = [k for k in _NORM_FIELDS if k not in meta] if normalized else []
+    if missing:
+        raise PolicyFileError("metadata", f"missing fields: {', '.join(missing)}")
     try:
         info = PolicyInfo(
             family=meta["family"],
@@ -206,6 +275,13 @@ def read_policy_info(data: bytes) -> PolicyInfo:
             version=int(meta["version"]),
             created_at=str(meta["created_at"]),
             updates=int(meta["updates"]),
+            normalization=NormalizationInfo(
+                clip=float(meta["obs_norm_clip"]),
+                eps=float(meta["obs_norm_eps"]),
+                count=int(meta["obs_norm_count"]),
+            )
+            if normalized
+            else None,
         )
     except (TypeError, ValueError) as exc:
         raise PolicyFileError("metadata", f"a field does not parse: {exc}") from exc
@@ -251,6 +327,17 @@ def _check_info(info: PolicyInfo) -> None:
         raise PolicyFileError("metadata", "version and updates must be in [0, 2**62]")
     if len(info.created_at) > 64:
         raise PolicyFileError("metadata", "created_at is longer than 64 characters")
+    norm = info.normalization
+    if norm is not None:
+        # the clip is applied in float32: it must be a positive float32 number
+        if not (math.isfinite(norm.clip) and 0 < norm.clip <= _FLOAT32_MAX):
+            raise PolicyFileError("obs_norm", f"obs_norm_clip is {norm.clip}, not above 0")
+        if not np.float32(norm.clip) > 0:
+            raise PolicyFileError("obs_norm", f"obs_norm_clip {norm.clip} is 0 in float32")
+        if not (math.isfinite(norm.eps) and norm.eps >= 0):
+            raise PolicyFileError("obs_norm", f"obs_norm_eps is {norm.eps}, not finite and >= 0")
+        if not 0 <= norm.count <= 2**62:
+            raise PolicyFileError("obs_norm", "obs_norm_count must be in [0, 2**62]")
 
 
 def check_task(info: PolicyInfo, spec: TaskSpec) -> None:
@@ -283,11 +370,22 @@ class Policy:
         actor: the network (eval mode, on :attr:`device`).
         envelope: the :class:`~robot_sac.safety.SafetyEnvelope` every action goes through (the
             file's bounds; the safe action given, or zeros clipped into the bounds).
-        obs_bound: the largest ``max |obs_i|`` the network is evaluated for. Beyond it a float32
-            sum inside the network could overflow, and whether it does depends on the order a
-            matrix product sums in (numpy and torch differ, so would the answer for one robot
-            between small and large batches); such rows are answered the safe action on every
-            path and counted as replaced.
+        obs_norm: the observation normalisation of a format-2 file, applied to every observation
+            before the actor on every path; None for format 1 (raw observations).
+        input_bound: the largest ``max |x_i|`` of the network's input ``x`` (the observation,
+            normalised when :attr:`obs_norm` is set) the network is evaluated for. Beyond it a
+            float32 sum inside the network could overflow, and whether it does depends on the
+            order a matrix product sums in (numpy and torch differ, so would the answer for one
+            robot between small and large batches); such rows are answered the safe action on
+            every path and counted as replaced.
+        obs_bound: the largest ``max |obs_i|`` of a raw observation that is evaluated; rows
+            beyond it (and rows holding NaN) are answered the safe action alike. Without
+            normalisation the network's input is the observation: this is :attr:`input_bound`.
+            With it, the normalisation maps every finite observation into ``[-clip, clip]``
+            identically in numpy and torch (an ``obs - mean`` that overflows becomes ``±inf``,
+            then ``±clip``), so every finite observation is evaluated: float32's largest value.
+            A normalised input beyond :attr:`input_bound` (only a network whose weights make even
+            ``clip`` unsafe) is still refused by the first rule.
         replaced: how many actions so far (through :meth:`act`) were replaced by the safe action.
     """
 
@@ -297,11 +395,16 @@ class Policy:
         actor: Actor,
         sha256: str,
         safe_action: Sequence[float] | None = None,
+        obs_norm: ObsNormalization | None = None,
     ) -> None:
+        if (obs_norm is None) != (info.normalization is None):
+            raise ValueError("obs_norm must be given exactly when the info describes one")
         self.info, self.actor, self.sha256 = info, actor.eval(), sha256
         self.device = next(actor.parameters()).device
         self.envelope = SafetyEnvelope(info.action_low, info.action_high, safe_action)
-        self.obs_bound = overflow_free_obs_bound(actor)
+        self.obs_norm = obs_norm
+        self.input_bound = overflow_free_obs_bound(actor)
+        self.obs_bound = self.input_bound if obs_norm is None else _FLOAT32_MAX
         self.replaced = 0
         self._numpy: NumpyActor | None = None
         self._rng = np.random.default_rng()
@@ -335,7 +438,8 @@ class Policy:
         """Actions for a batch on the policy's device.
 
         Args:
-            obs: ``(B, obs_dim)`` float32 on :attr:`device`.
+            obs: ``(B, obs_dim)`` float32 on :attr:`device`, raw: the file's normalisation, if it
+                has one, is applied here (as in :meth:`act_numpy`).
             deterministic: one flag for the batch, or a ``(B,)`` bool tensor, one per row (the
                 service batches robots that ask for either).
 
@@ -344,14 +448,18 @@ class Policy:
             bounds; ``(B,)`` bool, True where the policy's output was not finite and the safe
             action was answered instead.
         """
-        dist = self.actor.dist(obs)
+        x = obs if self.obs_norm is None else self.obs_norm(obs)
+        dist = self.actor.dist(x)
         if isinstance(deterministic, Tensor):
             unit = torch.where(deterministic.unsqueeze(-1), dist.mode, dist.sample())
         else:
             unit = dist.mode if deterministic else dist.sample()
-        # Rows beyond obs_bound: NaN, which the envelope replaces by the safe action.
-        too_large = obs.abs().amax(-1, keepdim=True) > self.obs_bound
-        unit = torch.where(too_large, torch.nan, unit)
+        # Rows beyond obs_bound or input_bound, and NaN rows (NaN fails every comparison): NaN,
+        # which the envelope replaces by the safe action.
+        refused = ~(obs.abs().amax(-1, keepdim=True) <= self.obs_bound)
+        if self.obs_norm is not None:
+            refused |= ~(x.abs().amax(-1, keepdim=True) <= self.input_bound)
+        unit = torch.where(refused, torch.nan, unit)
         return self.envelope.to_robot_tensor(unit)
 
     def act_numpy(
@@ -370,10 +478,18 @@ class Policy:
         """
         if self._numpy is None:
             self._numpy = NumpyActor(self.actor)
+        x = obs if self.obs_norm is None else self.obs_norm(obs)
         with np.errstate(all="ignore"):  # a non-finite output is the envelope's to replace
-            unit = self._numpy.unit_actions(obs, deterministic, self._rng)
-        if not np.abs(obs).max() <= self.obs_bound:  # rare; NaN observations end up here too
-            unit[np.abs(obs).max(axis=1) > self.obs_bound] = np.nan
+            unit = self._numpy.unit_actions(x, deterministic, self._rng)
+        # The rules of act_tensor; one whole-batch comparison each in the usual case.
+        normed = self.obs_norm is not None
+        if not np.abs(obs).max() <= self.obs_bound or (
+            normed and not np.abs(x).max() <= self.input_bound
+        ):  # rare; NaN observations end up here too
+            refused = ~(np.abs(obs).max(axis=1) <= self.obs_bound)
+            if normed:
+                refused |= ~(np.abs(x).max(axis=1) <= self.input_bound)
+            unit[refused] = np.nan
         return self.envelope.to_robot_numpy(unit)
 
     def seed(self, seed: int) -> None:
@@ -411,13 +527,17 @@ def expected_tensor_shapes(info: PolicyInfo) -> dict[str, tuple[int, ...]]:
 
     :func:`~robot_sac.networks.mlp` has a ``Linear`` at every even index of ``net``:
     ``net.{2i}.weight`` is ``(out, in)`` and ``net.{2i}.bias`` is ``(out,)``, for the sizes
-    ``obs_dim -> hidden... -> 2 * action_dim``.
+    ``obs_dim -> hidden... -> 2 * action_dim``. A format-2 file adds the normalisation's
+    ``obs_norm.mean`` and ``obs_norm.std``, ``(obs_dim,)`` each.
     """
     sizes = [info.obs_dim, *info.hidden, 2 * info.action_dim]
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         shapes[f"net.{2 * i}.weight"] = (fan_out, fan_in)
         shapes[f"net.{2 * i}.bias"] = (fan_out,)
+    if info.normalization is not None:
+        shapes[NORM_MEAN] = (info.obs_dim,)
+        shapes[NORM_STD] = (info.obs_dim,)
     return shapes
 
 
@@ -475,8 +595,10 @@ def load_policy(
     given; the safetensors header and the metadata (complete, parseable, consistent, within the
     size limits :data:`MAX_HIDDEN_SIZE`, :data:`MAX_HIDDEN_LAYERS` and :data:`MAX_DIM`); the task,
     when ``spec`` is given (:func:`check_task`); the tensor names, shapes, dtype and byte ranges
-    the header declares against those the metadata implies; then, once loaded, that every weight
-    is finite. Any failure raises :class:`PolicyFileError`.
+    the header declares against those the metadata implies (a format-2 file's normalisation
+    tensors among them); then, once loaded, that every tensor is finite and, for format 2, that
+    every ``obs_norm.std`` is above 0 (check ``obs_norm``). Any failure raises
+    :class:`PolicyFileError`.
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -493,8 +615,21 @@ def load_policy(
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise PolicyFileError("finite", f"{name} holds NaN or infinite values")
+    obs_norm = None
+    if info.normalization is not None:
+        mean, std = tensors.pop(NORM_MEAN), tensors.pop(NORM_STD)
+        if not bool((std > 0).all()):
+            i = int(torch.argmin(std))
+            raise PolicyFileError("obs_norm", f"{NORM_STD}[{i}] is {float(std[i])}, not above 0")
+        obs_norm = ObsNormalization(
+            mean=mean.numpy(),
+            std=std.numpy(),
+            clip=info.normalization.clip,
+            eps=info.normalization.eps,
+            count=info.normalization.count,
+        )
     actor = Actor(
         info.obs_dim, info.action_dim, info.hidden, info.family, info.log_std_min, info.log_std_max
     )
     actor.load_state_dict(tensors)
-    return Policy(info, actor.to(device), digest, safe_action)
+    return Policy(info, actor.to(device), digest, safe_action, obs_norm)

@@ -113,6 +113,13 @@ def train_local(
     cfg = spec.sac
     if cfg.utd <= 0:
         raise ValueError("train_local needs utd > 0 (updates per environment step)")
+    if cfg.obs_normalization:
+        # Refused rather than ignored: its actor would be trained and scored on raw observations
+        # while the setting says otherwise.
+        raise ValueError(
+            "train_local does not implement obs_normalization: train through the learner "
+            "(robot-sac up / learn), or turn the setting off"
+        )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sac = SAC(spec.obs_dim, spec.action_dim, cfg, device=device)

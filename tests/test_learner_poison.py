@@ -106,7 +106,9 @@ def test_a_glitching_sensor_is_quarantined_and_learning_goes_on_across_a_restart
         ]
         assert len(glitched) == 2
 
-        settings = Settings(data_dir=data, publish_every=50, checkpoint_every=100)
+        settings = Settings(
+            data_dir=data, publish_every=50, publish_seconds=1e6, checkpoint_every=100
+        )
         learner = Learner(settings, SPEC, store, torch.device("cpu"), tensorboard=False)
         learner.start()
         learner.run(lambda: False, max_updates=300)
@@ -162,7 +164,7 @@ def small(tmp_path: Path) -> Iterator[tuple[Path, Store]]:
 
 
 def small_learner(data: Path, store: Store) -> Learner:
-    settings = Settings(data_dir=data, publish_every=50, checkpoint_every=100)
+    settings = Settings(data_dir=data, publish_every=50, publish_seconds=1e6, checkpoint_every=100)
     learner = Learner(settings, TASK, store, torch.device("cpu"), tensorboard=False)
     learner.start()
     return learner

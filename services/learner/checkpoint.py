@@ -2,7 +2,9 @@
 
 Saved with ``torch.save`` (tensors, numbers, strings, dicts) written atomically, and loaded with
 ``weights_only=True``, so a tampered file cannot run code. The replay buffer is not in it: the
-transition log is the source of truth and the buffer is rebuilt from it.
+transition log is the source of truth and the buffer is rebuilt from it. With observation
+normalisation it holds the running statistics (``obs_norm``: a count and float64 tensors); a
+checkpoint without them (written before, or with normalisation off) loads all the same.
 """
 
 from __future__ import annotations

@@ -40,6 +40,13 @@ Besides its counters, the status tells operators how well learning keeps up with
   nothing do not age it: the learner has all there is (``transitions accepted/s`` shows that).
 - ``data_age_updates``: updates between the versions that produced the newest data and now (how
   off-policy the newest data is).
+
+With ``SACConfig.obs_normalization`` (:mod:`robot_sac.normalization`) the learner also keeps the
+running mean and variance of the observations of every row it consumes (the rows ``consumed``
+counts, quarantined ones left out; saved in the checkpoint), normalises the ``obs`` and
+``next_obs`` of each sampled batch with the current statistics before the update (inside the CUDA
+graph when there is one), and publishes each version with the statistics of that moment frozen
+in its file (format 2). The replay buffer keeps raw observations, as the log does.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import numpy as np
 import torch
 
 from robot_sac.admin_schemas import LearnerStatus
+from robot_sac.normalization import LiveNormalization, ObsNormalization, RunningMeanStd
 from robot_sac.policy import PolicyFileError, check_task, load_policy, policy_bytes
 from robot_sac.replay import DEFAULT_OBS_BOUND, DEFAULT_REWARD_BOUND, ReplayBuffer, sane_rows
 from robot_sac.sac import SAC
@@ -143,6 +151,15 @@ class Learner:
         self.fault: str | None = None  # why the learner stopped for good; None while healthy
         self._good_state: dict[str, Any] | None = None  # as of the last good publish/checkpoint
         self._rollbacks_in_a_row = 0  # since the last good publish or checkpoint
+        # Observation normalisation: float64 statistics on the host, and their float32 freeze
+        # as device tensors the updates read (set in place: a captured graph keeps reading them).
+        norm = self.cfg.obs_normalization
+        self.obs_rms = RunningMeanStd(spec.obs_dim) if norm else None
+        self._live_norm = (
+            LiveNormalization(spec.obs_dim, device, self.cfg.obs_norm_clip) if norm else None
+        )
+        # log rows at or before this position are in obs_rms already (restored from a checkpoint)
+        self._norm_counted_to = -1
 
     # --- start-up ------------------------------------------------------------------------------
     def start(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -194,6 +211,12 @@ class Learner:
                 self.counters.rollbacks += 1
                 self._start_from_served_actor()
             self.sac.skipped_updates.fill_(float(state.get("skipped_updates", 0)))
+            if self.obs_rms is not None and "obs_norm" in state:
+                # absent from checkpoints written without normalisation: the rebuild below then
+                # computes the statistics from the rows it puts into the replay buffer
+                self.obs_rms.load_state_dict(state["obs_norm"])
+                self._norm_counted_to = self.counters.position
+                self._sync_norm()
         else:
             self._start_from_served_actor()
         self._keep_good_state()  # what a rollback restores until the first publish or checkpoint
@@ -276,12 +299,33 @@ class Learner:
         unit = np.clip((rows.action - self._center) / self._half_range, -1.0, 1.0)
         prior = rows.source != SOURCE_CODES["policy"]
         self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated, prior=prior)
+        self._observe_obs(rows)
         self.counters.consumed += int((rows.position > count_from).sum())
         versions = rows.policy_version[rows.policy_version >= 0]
         if len(versions):
             at = self.counters.updates_at_version
             ages = [self.sac.updates - at.get(int(v), self.sac.updates) for v in versions[-256:]]
             self.data_age_updates = float(np.mean(ages))
+
+    def _observe_obs(self, rows: LogRows) -> None:
+        """Merge the observations of screened rows into the normalisation statistics (those not
+        in a restored checkpoint's statistics already), and refresh the device copy."""
+        if self.obs_rms is None:
+            return
+        self.obs_rms.update(rows.obs[rows.position > self._norm_counted_to])
+        self._sync_norm()
+
+    def _sync_norm(self) -> None:
+        frozen = self.frozen_norm()
+        if frozen is not None and self._live_norm is not None:
+            self._live_norm.set(frozen)
+
+    def frozen_norm(self) -> ObsNormalization | None:
+        """The normalisation as of now (what the updates use, and a publish ships); None when
+        ``obs_normalization`` is off."""
+        if self.obs_rms is None:
+            return None
+        return self.obs_rms.frozen(self.cfg.obs_norm_clip, self.cfg.obs_norm_eps)
 
     def _quarantine(self, positions: np.ndarray, count_from: int) -> None:
         new = [int(p) for p in positions if p > count_from]
@@ -355,9 +399,13 @@ class Learner:
             if self._graphed is None:
                 from robot_sac.cuda_graphs import GraphedUpdate
 
-                self._graphed = GraphedUpdate(self.sac, self.replay)
+                # the normalisation runs inside the graph, reading the live device statistics
+                transform = None if self._live_norm is None else self._live_norm.batch
+                self._graphed = GraphedUpdate(self.sac, self.replay, transform=transform)
             return self._graphed()
         batch = self.replay.sample(self.cfg.batch_size, prior_share=self.cfg.prior_share)
+        if self._live_norm is not None:
+            batch = self._live_norm.batch(batch)
         return self.sac.update(batch)
 
     def run(
@@ -402,7 +450,12 @@ class Learner:
             self._recover("the training state became non-finite before a publish")
             return None
         data = policy_bytes(
-            self.sac.actor, self.spec.action_low, self.spec.action_high, 0, self.sac.updates
+            self.sac.actor,
+            self.spec.action_low,
+            self.spec.action_high,
+            0,
+            self.sac.updates,
+            obs_norm=self.frozen_norm(),  # the statistics the latest updates normalised with
         )
         record = self.store.register_policy(data)
         assert record is not None
@@ -466,6 +519,8 @@ class Learner:
             "rollbacks": self.counters.rollbacks,
             "rng": torch.get_rng_state(),
         }
+        if self.obs_rms is not None:
+            state["obs_norm"] = self.obs_rms.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.checkpoint_path, state)
