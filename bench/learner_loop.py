@@ -107,6 +107,7 @@ class Step:
     terminated: bool
     truncated: bool
     policy_version: int | None
+    source: str = "policy"
 
 
 class Producer:

@@ -40,6 +40,7 @@ VALID: dict[str, Any] = {
     "terminated": False,
     "truncated": True,
     "policy_version": 4,
+    "source": "human",
 }
 
 # JSON values of every kind, with the edges the schema draws lines at.
@@ -68,6 +69,10 @@ EDGE_VALUES = [
     "1.0",
     "é",
     "false",
+    "policy",
+    "demo",
+    "Human",
+    "human ",
     [],
     [1.0],
     [1.0, 2.0, 3.0],
@@ -119,9 +124,13 @@ def test_the_structs_mirror_the_schema_field_for_field() -> None:
 
 
 def test_a_valid_body_reads_the_same_both_ways() -> None:
-    body = json.dumps({"transitions": [VALID, {**VALID, "step": 4, "policy_version": None}]})
+    without_source = {k: v for k, v in VALID.items() if k != "source"}  # the policy's
+    body = json.dumps(
+        {"transitions": [VALID, {**VALID, "step": 4, "policy_version": None}, without_source]}
+    )
     assert msgspec_reading(body.encode()) == pydantic_reading(body.encode())
-    assert msgspec_reading(body.encode()) is not None
+    read = msgspec_reading(body.encode())
+    assert read is not None and [t["source"] for t in read] == ["human", "human", "policy"]
 
 
 def assert_msgspec_no_looser(transition: dict[str, Any]) -> None:

@@ -970,10 +970,10 @@ def _write_group(conn: psycopg.Connection[Any], *, group: Sequence[PendingBatch]
     for key in new:
         accepted[owner[first[key]]] += 1
     if new:
-        stored = [rows[first[k]] for k in sorted(new)]
-        counts = sorted(source_counts(stored).items())
+        written = [rows[first[k]] for k in sorted(new)]
+        counts = sorted(source_counts(written).items())
         conn.execute(_COUNT, ([code for code, _ in counts], [n for _, n in counts]))
-        _tally(conn, stored)
+        _tally(conn, written)
     return accepted
 
 
