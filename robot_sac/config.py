@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PolicyFamily = Literal["tanh_normal", "beta"]
 
@@ -17,6 +17,26 @@ class SACConfig(BaseModel):
 
     ``target_entropy=None`` means ``-action_dim``. ``utd`` is the update-to-data ratio: SAC
     updates per environment transition.
+
+    Options for learning from demonstrations and interventions at high ``utd`` (RLPD, Ball et al.
+    2023; SERL; REDQ, Chen et al. 2021). The defaults are plain SAC with twin critics:
+
+    - ``critic_layer_norm``: a LayerNorm (with a learnt per-unit scale and shift) after each hidden
+      linear layer of every critic, before its ReLU. It bounds the critics' features, which keeps
+      Q from diverging when it is updated many times per transition or trained on data far from
+      the policy's (demonstrations).
+    - ``num_critics`` (N) and ``critic_subset`` (M): an ensemble of N critics, all regressed on one
+      soft Bellman target whose Q is the min over M of the target critics drawn at random at each
+      update. With M = N (the default, 2 and 2) the target and the actor both use the min over all
+      critics: SAC's clipped double Q, unchanged. With M < N (REDQ: N = 10, M = 2) the actor's Q is
+      the mean over all N critics, as REDQ and RLPD do: the random-subset min already keeps the
+      target pessimistic, which is where over-estimation compounds through bootstrapping, while
+      the ensemble mean is the actor's lowest-variance estimate and a min over a fresh random pair
+      would add noise and a second, uncontrolled pessimism to the policy gradient.
+    - ``prior_share``: the share of each batch drawn from the prior rows (transitions logged with
+      source ``human`` or ``demo``), ``round(prior_share * batch_size)`` rows exactly; the rest
+      come from all rows. RLPD's symmetric sampling is 0.5. While the buffer holds no prior row,
+      the whole batch comes from all rows.
 
     ``obs_normalization``: the learner keeps a running mean and variance of the observations it
     takes from the log, trains on ``clip((obs - mean) / sqrt(var + obs_norm_eps), ±obs_norm_clip)``
@@ -43,6 +63,19 @@ class SACConfig(BaseModel):
     obs_normalization: bool = False
     obs_norm_clip: float = Field(default=10.0, gt=0.0, le=1e6)  # Stable-Baselines3's VecNormalize
     obs_norm_eps: float = Field(default=1e-8, ge=0.0, le=1.0)
+    critic_layer_norm: bool = False
+    num_critics: int = Field(default=2, ge=1)
+    critic_subset: int = Field(default=2, ge=1)
+    prior_share: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_critic_subset(self) -> SACConfig:
+        if self.critic_subset > self.num_critics:
+            raise ValueError(
+                f"critic_subset={self.critic_subset} exceeds num_critics={self.num_critics}: the "
+                "target's min is over a subset of the critics"
+            )
+        return self
 
     def resolved_target_entropy(self, action_dim: int) -> float:
         return -float(action_dim) if self.target_entropy is None else self.target_entropy

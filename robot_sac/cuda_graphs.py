@@ -2,7 +2,12 @@
 
 On a GPU the update is launch-bound: a few hundred small kernels, each waiting on Python. Capturing
 it once and replaying it turns that into one launch per update (LeanRL shows the same). The replay
-buffer must live on the GPU; the batch is drawn inside the graph from its current size.
+buffer must live on the GPU; the batch is drawn inside the graph from its current size, and with a
+``prior_share`` its first rows from the prior rows' ring, read through a device-side head and count
+(the whole batch from all rows while there are no prior rows: a ``torch.where``, not a Python
+branch, since the graph is captured once). The critic options need nothing more: the random subset
+of target critics is drawn with torch ops on the device (:meth:`SAC.draw_subset`), so each replay
+draws a new one.
 
 The update's gradient guard is captured with it: the skip flags, the fused Adam kernels that read
 them and the skip counters are all device tensors, with no host sync and no Python branch on a
@@ -17,8 +22,43 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from robot_sac.replay import Batch, ReplayBuffer
+from robot_sac.replay import Batch, ReplayBuffer, prior_rows_per_batch
 from robot_sac.sac import SAC
+
+
+def graphable_sample_indices(
+    replay: ReplayBuffer,
+    batch_size: int,
+    prior_rows: int,
+    size: Tensor,
+    prior_size: Tensor,
+    prior_head: Tensor,
+) -> Tensor:
+    """The rows of one batch, drawn with device ops only: what :meth:`ReplayBuffer.sample_indices`
+    draws, from device-side copies of the buffer's counters.
+
+    Args:
+        replay: the buffer (its ``prior_ring`` is read on the device).
+        batch_size: rows in the batch, ``B``.
+        prior_rows: how many of them come from the prior rows (first), while there are any.
+        size: float64 scalar, the buffer's size.
+        prior_size: float64 scalar, the number of prior rows held.
+        prior_head: int64 scalar, the ring slot of the oldest prior row.
+
+    Returns:
+        ``(B,)`` int64 storage rows.
+    """
+    # Index from a device-side size so the captured graph follows the buffer as it grows.
+    idx = (torch.rand(batch_size, dtype=torch.float64, device=size.device) * size).long()
+    if prior_rows:
+        picks = (
+            torch.rand(prior_rows, dtype=torch.float64, device=size.device) * prior_size
+        ).long()
+        slots = (picks + prior_head) % replay.capacity
+        prior = replay.prior_ring.index_select(0, slots)
+        # No prior row yet: the would-be prior draws come from all rows, like the rest.
+        idx = torch.cat([torch.where(prior_size > 0, prior, idx[:prior_rows]), idx[prior_rows:]])
+    return idx
 
 
 class GraphedUpdate:
@@ -56,6 +96,10 @@ class GraphedUpdate:
         self.sac, self.replay, self.transform = sac, replay, transform
         self.batch_size = sac.cfg.batch_size
         self._size = torch.tensor(float(len(replay)), dtype=torch.float64, device=sac.device)
+        self.prior_rows = prior_rows_per_batch(self.batch_size, sac.cfg.prior_share)
+        self._prior_size = torch.zeros((), dtype=torch.float64, device=sac.device)
+        self._prior_head = torch.zeros((), dtype=torch.int64, device=sac.device)
+        self._read_replay()
         if compile:
             sac.critic_loss = torch.compile(sac.critic_loss)  # type: ignore[method-assign]
             sac.actor_losses = torch.compile(sac.actor_losses)  # type: ignore[method-assign]
@@ -66,17 +110,22 @@ class GraphedUpdate:
             for _ in range(warmup):  # creates optimiser state, cuBLAS workspaces, compiled code
                 step()
         torch.cuda.current_stream(sac.device).wait_stream(stream)
+        replay.drawn_rows += warmup * self.batch_size
+        replay.drawn_prior_rows += warmup * self.prior_rows if replay.prior_size else 0
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._out = step()
         sac.updates -= 1  # capturing records the update without running it
 
     def _sample_and_update(self) -> dict[str, Tensor]:
-        # Index from a device-side size so the captured graph follows the buffer as it grows.
-        idx = (
-            torch.rand(self.batch_size, dtype=torch.float64, device=self._size.device) * self._size
+        idx = graphable_sample_indices(
+            self.replay,
+            self.batch_size,
+            self.prior_rows,
+            self._size,
+            self._prior_size,
+            self._prior_head,
         )
-        idx = idx.long()
         self.last_indices = idx  # a static tensor: the rows drawn by the latest replay
         rows = self.replay.storage.index_select(0, idx)
         batch = self.replay.batch_from_rows(rows)
@@ -84,8 +133,16 @@ class GraphedUpdate:
             batch = self.transform(batch)
         return self.sac.update(batch)
 
-    def __call__(self) -> dict[str, Tensor]:
+    def _read_replay(self) -> None:
         self._size.fill_(float(len(self.replay)))
+        if self.prior_rows:
+            self._prior_size.fill_(float(self.replay.prior_size))
+            self._prior_head.fill_(self.replay.prior_head)
+
+    def __call__(self) -> dict[str, Tensor]:
+        self._read_replay()
         self.graph.replay()
         self.sac.updates += 1
+        self.replay.drawn_rows += self.batch_size
+        self.replay.drawn_prior_rows += self.prior_rows if self.replay.prior_size else 0
         return self._out

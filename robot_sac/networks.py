@@ -1,7 +1,7 @@
-"""The actor and the twin critics.
+"""The actor and the critics (twin by default, an ensemble of ``n`` as an option).
 
 The critics are one module: the ``n`` Q-functions keep their weights stacked and run as one
-batched matrix product per layer, so both Q-values cost one kernel per layer instead of two Python
+batched matrix product per layer, so all Q-values cost one kernel per layer instead of ``n`` Python
 calls. That matters because SAC evaluates the critics three times per update.
 """
 
@@ -132,15 +132,26 @@ class TwinCritic(nn.Module):
 
     Each has the layout of :func:`mlp` (input ``obs_dim + action_dim``, ``hidden`` sizes, one
     output) and PyTorch's default ``nn.Linear`` initialisation. Layer ``k`` of all ``n`` networks
-    is one weight ``(n, in_k, out_k)`` and one ``torch.baddbmm``.
+    is one weight ``(n, in_k, out_k)`` and one ``torch.baddbmm``. With ``layer_norm`` each hidden
+    layer is ``Linear -> LayerNorm -> ReLU`` (as in RLPD and SERL), the LayerNorm's learnt scale
+    and shift stacked per network too, ``(n, 1, out_k)``, initialised to 1 and 0.
+
+    :meth:`parameters` yields every layer's weight, then every layer's bias, then (with
+    ``layer_norm``) every hidden layer's LayerNorm scale, then every shift.
     """
 
     def __init__(
-        self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), n: int = 2
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        n: int = 2,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.n = n
         self.hidden = tuple(int(h) for h in hidden)
+        self.layer_norm = layer_norm
         sizes = [obs_dim + action_dim, *self.hidden, 1]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(n, h_in, h_out)) for h_in, h_out in itertools.pairwise(sizes)
@@ -148,6 +159,10 @@ class TwinCritic(nn.Module):
         self.biases = nn.ParameterList(
             nn.Parameter(torch.empty(n, 1, h_out)) for h_out in sizes[1:]
         )
+        # Empty without layer_norm: then the parameters and the state dict are the plain MLPs'.
+        norm_sizes = self.hidden if layer_norm else ()
+        self.norm_scales = nn.ParameterList(nn.Parameter(torch.empty(n, 1, h)) for h in norm_sizes)
+        self.norm_shifts = nn.ParameterList(nn.Parameter(torch.empty(n, 1, h)) for h in norm_sizes)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -157,27 +172,38 @@ class TwinCritic(nn.Module):
             bound = 1.0 / math.sqrt(w.shape[1])
             w.uniform_(-bound, bound)
             b.uniform_(-bound, bound)
+        # nn.LayerNorm's default: the identity affine map. Draws no random numbers, so the
+        # linear layers start as they would without LayerNorm.
+        for scale, shift in zip(self.norm_scales, self.norm_shifts, strict=True):
+            scale.fill_(1.0)
+            shift.zero_()
 
     def forward(self, obs_action: Tensor, params: Sequence[Tensor] | None = None) -> Tensor:
-        """Q-values of every critic.
+        """Q-values of every critic (or of the ones ``params`` holds).
 
         Args:
             obs_action: ``(B, obs_dim + action_dim)``, observation and action side by side.
-            params: tensors in the order of :meth:`parameters` (every layer's weight, then every
-                layer's bias) to use instead of this module's own: its detached weights, say.
+            params: tensors in the order of :meth:`parameters` to use instead of this module's
+                own: its detached weights, say, or the rows ``idx`` of each
+                (``p.index_select(0, idx)``) to evaluate a subset ``(m,)`` of the critics.
 
         Returns:
-            ``(n, B)``.
+            ``(n, B)``, or ``(m, B)`` for a subset.
         """
         params = list(self.parameters()) if params is None else params
-        layers = len(params) // 2
-        # A stride-0 view: the n networks read one input without copying it n times.
-        x = obs_action.unsqueeze(0).expand(self.n, *obs_action.shape)
-        for i in range(layers - 1):
-            x = torch.relu_(torch.baddbmm(params[layers + i], x, params[i]))
+        depth = len(self.weights)
+        weights, biases = params[:depth], params[depth : 2 * depth]
+        scales, shifts = params[2 * depth : 3 * depth - 1], params[3 * depth - 1 :]
+        # A stride-0 view: the networks read one input without copying it once per network.
+        x = obs_action.unsqueeze(0).expand(weights[0].shape[0], *obs_action.shape)
+        for i in range(depth - 1):
+            x = torch.baddbmm(biases[i], x, weights[i])
+            if self.layer_norm:
+                x = torch.addcmul(shifts[i], F.layer_norm(x, x.shape[-1:]), scales[i])
+            x = torch.relu_(x)
         # The one-unit output layer as a matrix product too: 2-3 % more updates/s than a batched
         # dot product (mul + sum) on a 2-core CPU, measured on the whole update.
-        return torch.baddbmm(params[-1], x, params[layers - 1]).squeeze(-1)
+        return torch.baddbmm(biases[-1], x, weights[-1]).squeeze(-1)
 
     def q(self, index: int, obs_action: Tensor) -> Tensor:
         """Q-function ``index`` alone as a plain MLP, ``(B,)``; a reference for tests."""
@@ -186,5 +212,12 @@ class TwinCritic(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = x @ w[index] + b[index, 0]
             if i < layers - 1:
+                if self.layer_norm:
+                    x = F.layer_norm(
+                        x,
+                        x.shape[-1:],
+                        self.norm_scales[i][index, 0],
+                        self.norm_shifts[i][index, 0],
+                    )
                 x = torch.relu(x)
         return x.squeeze(-1)

@@ -1,8 +1,15 @@
-"""A preallocated ring buffer of transitions, sampled uniformly.
+"""A preallocated ring buffer of transitions, sampled uniformly or with a share of prior rows.
 
 Every transition is one row of a single float32 tensor laid out as
 ``[obs | action | reward | next_obs | terminated]``, so a sample is one gather and the batch fields
 are views into it. Actions are stored in the policy's ``[-1, 1]`` units.
+
+Rows can be marked *prior* when added (demonstrations and an operator's corrections, as opposed to
+the policy's own steps), and a sample can then draw a fixed share of its rows from them (RLPD's
+symmetric sampling). The buffer keeps the prior rows' indices in a second ring, oldest first:
+the storage overwrites its oldest rows first, so the prior rows it overwrites are always the
+oldest in that ring and leave from its head. Adding and sampling stay vectorised whatever the
+number of prior rows.
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ class Batch(NamedTuple):
 ArrayLike = np.ndarray | Tensor | float  # a float: one reward or terminated flag
 
 
+def prior_rows_per_batch(batch_size: int, prior_share: float) -> int:
+    """Rows of a batch drawn from the prior rows: ``round(prior_share * batch_size)`` (Python's
+    rounding, half to even), while there are prior rows to draw from."""
+    return round(prior_share * batch_size)
+
+
 class ReplayBuffer:
     """Ring buffer of ``capacity`` transitions on ``device``.
 
@@ -73,6 +86,13 @@ class ReplayBuffer:
         capacity: most transitions held; the oldest are overwritten first.
         obs_dim, action_dim: sizes of one observation and one action.
         device: where the storage (and so every sampled batch) lives.
+
+    Attributes:
+        prior_ring: ``(capacity,)`` int64 on ``device``: the storage rows of the prior
+            transitions, oldest first, from slot ``prior_head`` for ``prior_size`` slots (wrapping).
+        drawn_rows, drawn_prior_rows: rows sampled over the buffer's life, in all and from the
+            prior rows (what a test or a status reads to see the shares).
+        last_indices: the storage rows of the latest sample, the prior draws first.
     """
 
     def __init__(
@@ -93,6 +113,15 @@ class ReplayBuffer:
         self.storage = torch.zeros(capacity, 2 * o + a + 2, dtype=torch.float32, device=self.device)
         self.pos = 0  # next row to write
         self.size = 0
+        # Which storage rows hold prior transitions: on the host, so that counting the prior rows
+        # an add overwrites needs no device sync.
+        self._is_prior = np.zeros(capacity, dtype=bool)
+        self.prior_ring = torch.zeros(capacity, dtype=torch.int64, device=self.device)
+        self.prior_head = 0
+        self.prior_size = 0
+        self.drawn_rows = 0
+        self.drawn_prior_rows = 0
+        self.last_indices: Tensor | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -104,12 +133,14 @@ class ReplayBuffer:
         reward: ArrayLike,
         next_obs: ArrayLike,
         terminated: ArrayLike,
+        prior: np.ndarray | Tensor | bool | None = None,
     ) -> None:
         """Append ``N`` transitions in bulk (or one, without the leading dimension).
 
         Shapes: ``obs`` and ``next_obs`` ``(N, obs_dim)``, ``action`` ``(N, action_dim)``,
-        ``reward`` and ``terminated`` ``(N,)``. If ``N`` exceeds the capacity only the newest
-        ``capacity`` rows are kept.
+        ``reward`` and ``terminated`` ``(N,)``; ``prior`` ``(N,)`` bool (or one bool for all),
+        True for the rows a sample's ``prior_share`` draws from; None: none of them. If ``N``
+        exceeds the capacity only the newest ``capacity`` rows are kept.
         """
         obs_t = self._as_rows(obs, self.obs_dim, "obs")
         n = obs_t.shape[0]
@@ -124,15 +155,54 @@ class ReplayBuffer:
             if part.shape[0] != n:
                 raise ValueError(f"{name} has {part.shape[0]} rows, obs has {n}")
         rows = torch.cat(parts, dim=1)
+        is_prior = self._prior_flags(prior, n)
         if n > self.capacity:
             self.pos = (self.pos + n - self.capacity) % self.capacity
             rows, n = rows[-self.capacity :], self.capacity
+            is_prior = is_prior[-self.capacity :]
+        self._index_prior(is_prior)
         first = min(n, self.capacity - self.pos)
         self.storage[self.pos : self.pos + first] = rows[:first]
         if first < n:
             self.storage[: n - first] = rows[first:]
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+
+    def _prior_flags(self, prior: np.ndarray | Tensor | bool | None, n: int) -> np.ndarray:
+        if prior is None:
+            return np.zeros(n, dtype=bool)
+        flags = torch.as_tensor(prior, dtype=torch.bool).reshape(-1).cpu().numpy()
+        if flags.shape[0] == 1 and n != 1:
+            return np.full(n, bool(flags[0]))
+        if flags.shape[0] != n:
+            raise ValueError(f"prior has {flags.shape[0]} rows, obs has {n}")
+        return flags
+
+    def _index_prior(self, is_prior: np.ndarray) -> None:
+        """Update the prior ring for ``len(is_prior)`` rows about to be written from ``pos``."""
+        if self.prior_size == 0 and not is_prior.any():
+            return  # no prior row held or coming: nothing to evict or append
+        written = (self.pos + np.arange(len(is_prior))) % self.capacity
+        # The rows overwritten here are the oldest held, so their prior ones are the oldest in
+        # the ring: they leave from its head.
+        evicted = int(np.count_nonzero(self._is_prior[written]))
+        self.prior_head = (self.prior_head + evicted) % self.capacity
+        self.prior_size -= evicted
+        self._is_prior[written] = is_prior
+        new = written[is_prior]
+        if len(new):
+            slots = (self.prior_head + self.prior_size + np.arange(len(new))) % self.capacity
+            self.prior_ring[torch.from_numpy(slots).to(self.device)] = torch.from_numpy(new).to(
+                self.device
+            )
+            self.prior_size += len(new)
+
+    def prior_rows(self) -> Tensor:
+        """The storage rows of the prior transitions held, oldest first, ``(prior_size,)``."""
+        slots = (
+            self.prior_head + torch.arange(self.prior_size, device=self.device)
+        ) % self.capacity
+        return self.prior_ring[slots]
 
     def _as_rows(self, x: ArrayLike, width: int, name: str) -> Tensor:
         t = torch.as_tensor(x, dtype=torch.float32, device=self.device)
@@ -143,12 +213,39 @@ class ReplayBuffer:
             raise ValueError(f"{name} must have {width} columns, got shape {tuple(t.shape)}")
         return t
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        """``batch_size`` transitions drawn uniformly with replacement."""
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        prior_share: float = 0.0,
+    ) -> Batch:
+        """``batch_size`` transitions drawn with replacement: ``round(prior_share * batch_size)``
+        of them uniformly from the prior rows (none while there are none), the rest uniformly
+        from all rows. The prior draws come first in the batch."""
+        idx = self.sample_indices(batch_size, generator, prior_share)
+        return self.batch_from_rows(self.storage.index_select(0, idx))
+
+    def sample_indices(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        prior_share: float = 0.0,
+    ) -> Tensor:
+        """The storage rows :meth:`sample` gathers, ``(batch_size,)`` int64, prior draws first."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
-        return self.batch_from_rows(self.storage.index_select(0, idx))
+        if not 0.0 <= prior_share <= 1.0:
+            raise ValueError(f"prior_share must be in [0, 1], got {prior_share}")
+        k = prior_rows_per_batch(batch_size, prior_share) if self.prior_size else 0
+        idx = torch.randint(self.size, (batch_size - k,), device=self.device, generator=generator)
+        if k:
+            picks = torch.randint(self.prior_size, (k,), device=self.device, generator=generator)
+            slots = (picks + self.prior_head) % self.capacity
+            idx = torch.cat([self.prior_ring.index_select(0, slots), idx])
+        self.drawn_rows += batch_size
+        self.drawn_prior_rows += k
+        self.last_indices = idx
+        return idx
 
     def batch_from_rows(self, rows: Tensor) -> Batch:
         """Split rows laid out like the storage into a :class:`Batch` of views."""

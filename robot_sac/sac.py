@@ -4,11 +4,17 @@ Read :meth:`SAC.critic_loss`, :meth:`SAC.actor_losses` and :meth:`SAC.update` to
 are the algorithm. Names follow the paper: ``gamma`` (discount), ``tau`` (Polyak rate), ``alpha``
 (temperature, learnt as ``log_alpha``), ``target_entropy`` (``-action_dim`` by default).
 
+As options (see :class:`~robot_sac.config.SACConfig`), the twin critics become an ensemble of
+``num_critics`` whose target takes the min over a random ``critic_subset`` of them (REDQ, Chen et
+al. 2021) and whose actor then follows their mean, and each critic may carry LayerNorm (RLPD, Ball
+et al. 2023). The defaults are the twin-critic update, bit for bit.
+
 Performance notes (the update is the learner's hot path):
 - the actor's and the temperature's losses share one ``backward()``; each loss reaches only its
   own parameters (the critic is evaluated with detached weights inside the actor loss, and the
   alpha loss sees a detached log-probability);
-- both Q-functions run as one batched module (:class:`~robot_sac.networks.TwinCritic`);
+- all Q-functions run as one batched module (:class:`~robot_sac.networks.TwinCritic`); the
+  target evaluates only the drawn subset (its weights' rows gathered, not all ``N`` run);
 - nothing calls ``.item()``: the returned statistics are device tensors, read them when logging.
 
 The gradient guard: before each optimiser step the update flags, as a device tensor, a gradient
@@ -96,7 +102,7 @@ def _adam(params: Iterable[Tensor], lr: float, device: torch.device) -> FusedAda
 
 
 class SAC:
-    """The learner's state: actor, twin critic and its target, ``log_alpha`` and three optimisers.
+    """The learner's state: actor, critics and their target, ``log_alpha`` and three optimisers.
 
     Only :attr:`actor` is shipped to robots (see :mod:`robot_sac.policy`); the rest is training
     state, saved by :meth:`state_dict` for checkpoints.
@@ -117,7 +123,9 @@ class SAC:
         self.actor = Actor(
             obs_dim, action_dim, cfg.hidden, cfg.policy_family, cfg.log_std_min, cfg.log_std_max
         ).to(self.device)
-        self.critic = TwinCritic(obs_dim, action_dim, cfg.hidden).to(self.device)
+        self.critic = TwinCritic(
+            obs_dim, action_dim, cfg.hidden, n=cfg.num_critics, layer_norm=cfg.critic_layer_norm
+        ).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
         self.target_entropy = cfg.resolved_target_entropy(action_dim)
@@ -129,18 +137,45 @@ class SAC:
         # Device tensors, updated in place inside the update (and so inside a CUDA graph).
         self.skipped_updates = torch.zeros((), dtype=torch.float64, device=self.device)
         self.skipped_in_a_row = torch.zeros((), dtype=torch.float32, device=self.device)
+        # The critics whose min made the latest target, (critic_subset,) (for inspection; under a
+        # CUDA graph a static tensor, overwritten by each replay). None while all are used.
+        self.last_subset: Tensor | None = None
+
+    @property
+    def subset_min(self) -> bool:
+        """Whether the target's min is over a random subset of the critics (REDQ), not all."""
+        return self.cfg.critic_subset < self.cfg.num_critics
+
+    def draw_subset(self) -> Tensor:
+        """``critic_subset`` distinct critic indices, uniformly at random, ``(M,)`` int64.
+
+        The top M of N uniform draws: torch ops on the learner's device only (no Python random,
+        no host sync), so a CUDA graph captures the draw and each replay draws afresh.
+        """
+        keys = torch.rand(self.cfg.num_critics, device=self.device)
+        return keys.topk(self.cfg.critic_subset, sorted=False).indices
+
+    def target_q(self, next_obs_action: Tensor) -> Tensor:
+        """``min_{i in subset} Q'_i(s', a')`` from the target critics, ``(B,)``; the subset is every
+        critic by default (SAC's clipped double Q), else a fresh random draw (REDQ)."""
+        params: list[Tensor] = list(self.critic_target.parameters())
+        if self.subset_min:
+            self.last_subset = self.draw_subset()
+            params = [p.index_select(0, self.last_subset) for p in params]
+        return self.critic_target(next_obs_action, params).amin(0)
 
     def critic_loss(self, batch: Batch, alpha: Tensor) -> dict[str, Tensor]:
-        """The twin critic's loss for ``batch`` (``B`` transitions): ``loss_qvalue``, ``q_mean``."""
-        # Both Q's regress on the soft Bellman target, built from the target critic and a fresh
-        # next action. A terminated transition has no future; a truncated one bootstraps.
+        """The critics' loss for ``batch`` (``B`` transitions): ``loss_qvalue``, ``q_mean``."""
+        # Every Q regresses on one soft Bellman target, built from the min of the target critics
+        # (all, or a random subset) and a fresh next action. A terminated transition has no
+        # future; a truncated one bootstraps.
         with torch.no_grad():
             next_action, next_logp = self.actor.dist(batch.next_obs).rsample_and_log_prob()
-            next_q = self.critic_target(torch.cat([batch.next_obs, next_action], -1)).amin(0)
+            next_q = self.target_q(torch.cat([batch.next_obs, next_action], -1))
             q_target = soft_td_target(
                 batch.reward, batch.terminated, next_q, next_logp, self.cfg.gamma, alpha
             )
-        q = self.critic(torch.cat([batch.obs, batch.action], -1))  # (2, B)
+        q = self.critic(torch.cat([batch.obs, batch.action], -1))  # (N, B)
         return {
             "loss_qvalue": 0.5 * (q - q_target).square().mean(1).sum(),
             "q_mean": q.detach().mean(),
@@ -148,11 +183,14 @@ class SAC:
 
     def actor_losses(self, obs: Tensor, alpha: Tensor) -> dict[str, Tensor]:
         """The actor's and the temperature's losses on ``obs`` ``(B, obs_dim)``, and the entropy."""
-        # Actor: the reparameterized gradient of E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi.
-        # The critic's weights are detached here: this loss moves the actor only.
+        # Actor: the reparameterized gradient of E[alpha * log pi(a|s) - Q(s, a)], a ~ pi, with
+        # Q the min over the critics (SAC), or their mean when the target uses a random subset
+        # (REDQ; SACConfig says why). The critics' weights are detached here: this loss moves
+        # the actor only.
         action_pi, logp_pi = self.actor.dist(obs).rsample_and_log_prob()
         frozen = [p.detach() for p in self.critic.parameters()]
-        q_pi = self.critic(torch.cat([obs, action_pi], -1), frozen).amin(0)
+        q_all = self.critic(torch.cat([obs, action_pi], -1), frozen)  # (N, B)
+        q_pi = q_all.mean(0) if self.subset_min else q_all.amin(0)
         # Temperature: raise alpha when the policy's entropy is below target_entropy.
         return {
             "loss_actor": (alpha * logp_pi - q_pi).mean(),

@@ -63,6 +63,56 @@ def test_graphed_update_learns_and_keeps_the_invariants(family):
     assert int(torch.cat(drawn).max()) >= 512
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"critic_layer_norm": True},
+        {"num_critics": 10, "critic_subset": 2},
+        {"prior_share": 0.5},
+        {"critic_layer_norm": True, "num_critics": 10, "critic_subset": 2, "prior_share": 0.5},
+    ],
+    ids=["layer_norm", "redq", "prior_share", "rlpd"],
+)
+def test_graphed_update_covers_the_learner_options(options: dict[str, object]):
+    torch.manual_seed(0)
+    cfg = SACConfig.model_validate({"hidden": (64, 64), "batch_size": 128, **options})
+    sac = SAC(5, 2, cfg, "cuda")
+    rb = filled_replay()
+    step = GraphedUpdate(sac, rb)
+    first = {k: v.clone() for k, v in step().items()}
+    subsets = []
+    for _ in range(300):
+        out = step()
+        if sac.subset_min:
+            assert sac.last_subset is not None
+            subsets.append(sac.last_subset.clone())
+    torch.cuda.synchronize()
+    assert all(bool(torch.isfinite(v).all()) for v in out.values())
+    assert float(out["loss_qvalue"]) < 0.5 * float(first["loss_qvalue"])
+    if subsets:  # the random pair is drawn inside the graph: a fresh one at each replay
+        pairs = {tuple(sorted(s.tolist())) for s in subsets}
+        assert all(len(p) == 2 and len(set(p)) == 2 for p in pairs) and len(pairs) > 20
+    assert rb.drawn_rows == 304 * 128 and rb.drawn_prior_rows == 0  # no prior row yet
+    k = step.prior_rows
+    assert k == round(cfg.prior_share * 128)
+    # prior rows arrive after the capture: the graph draws its first k rows from them
+    rb.add(
+        torch.full((64, 5), 7.0),
+        torch.zeros(64, 2),
+        torch.zeros(64),
+        torch.zeros(64, 5),
+        torch.ones(64),
+        prior=True,
+    )
+    for _ in range(5):
+        step()
+        idx = step.last_indices
+        assert int(idx.max()) < 576
+        if k:
+            assert int(idx[:k].min()) >= 512  # the prior rows sit at 512..575
+    assert rb.drawn_prior_rows == 5 * k
+
+
 def test_policy_acts_on_cuda_finite_and_inside_bounds():
     torch.manual_seed(0)
     sac = SAC(5, 2, SACConfig(hidden=(32, 32)), "cuda")

@@ -52,7 +52,9 @@ DemosOption = Annotated[
         min=0,
         help="Demonstrations first: the scripted expert drives this many episodes in all, shared "
         "between the robots as evenly as they go, logged with source 'demo'; the policy acts "
-        "after them. Their steps count in --steps. Panda reach and push tasks only.",
+        "after them. Their steps count in --steps. Panda reach and push tasks only. With "
+        "--demos or --intervene, `up` draws half of each batch from the expert's rows "
+        '(--sac \'{"prior_share": ...}\' to choose).",
     ),
 ]
 InterveneOption = Annotated[
@@ -64,6 +66,14 @@ InterveneOption = Annotated[
         "struggles (10 steps without getting 5 mm closer to the goal), takes over for 20 steps "
         "(or to the episode's end), once an episode; its steps are logged with source 'human'. "
         "A held robot stays held: it applies the safe action whatever the expert wants.",
+    ),
+]
+SacOption = Annotated[
+    str | None,
+    typer.Option(
+        help="SAC settings as a JSON object over the task's (an env's tuned ones, a task file's "
+        'sac table), e.g. \'{"prior_share": 0.5, "critic_layer_norm": true}\'; the learner '
+        "uses them."
     ),
 ]
 

@@ -12,8 +12,40 @@ if TYPE_CHECKING:  # imported for real inside the functions, so `robot-sac --hel
     from robot_sac.settings import Settings
 
 
-def task_spec(env: str | None, task: Path | None) -> TaskSpec:
-    """The task spec from exactly one of --env (a Gymnasium id) or --task (a JSON/TOML file)."""
+def task_spec(env: str | None, task: Path | None, sac: str | None = None) -> TaskSpec:
+    """The task spec from exactly one of --env (a Gymnasium id) or --task (a JSON/TOML file), with
+    the SAC settings of ``sac`` (--sac, a JSON object) over its own."""
+    spec = _task_spec(env, task)
+    return spec if sac is None else with_sac_overrides(spec, sac)
+
+
+def with_sac_overrides(spec: TaskSpec, sac: str) -> TaskSpec:
+    """``spec`` with the SAC settings of the JSON object ``sac`` over its own, all re-validated."""
+    import json
+
+    from pydantic import ValidationError
+
+    from robot_sac.config import SACConfig
+
+    try:
+        overrides = json.loads(sac)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--sac") from exc
+    if not isinstance(overrides, dict):
+        raise typer.BadParameter("expected a JSON object of SAC settings", param_hint="--sac")
+    try:
+        cfg = SACConfig.model_validate({**spec.sac.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'sac'}: "
+            + str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise typer.BadParameter(problems, param_hint="--sac") from None
+    return spec.model_copy(update={"sac": cfg})
+
+
+def _task_spec(env: str | None, task: Path | None) -> TaskSpec:
     from robot_sac.schemas import TaskSpec
 
     if (env is None) == (task is None):

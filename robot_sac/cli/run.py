@@ -19,6 +19,7 @@ from robot_sac.cli.app import (
     EnvOption,
     InterveneOption,
     LogLevelOption,
+    SacOption,
     StoreUrlOption,
     TaskOption,
     app,
@@ -115,6 +116,7 @@ def learn(
         ),
     ] = None,
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
+    sac: SacOption = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -131,7 +133,7 @@ def learn(
     from robot_sac.services.learner import Learner
     from robot_sac.store import open_store
 
-    spec = resolve.task_spec(env, task)
+    spec = resolve.task_spec(env, task, sac)
     settings = resolve.settings(
         data_dir=data_dir,
         store_url=store_url,

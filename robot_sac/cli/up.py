@@ -15,6 +15,7 @@ from robot_sac.cli.app import (
     RUN_PANEL,
     DemosOption,
     InterveneOption,
+    SacOption,
     app,
     fail,
 )
@@ -50,6 +51,7 @@ def up(
     ] = 25,
     demos: DemosOption = 0,
     intervene: InterveneOption = 0.0,
+    sac: SacOption = None,
 ) -> None:
     """Run the whole loop on this machine: the service, the learner and simulated robots.
 
@@ -75,7 +77,8 @@ def up(
         except ValueError as exc:
             raise fail(f"--demos and --intervene need a scripted expert: {exc}") from None
     console = Console()
-    spec = task_spec(env, None)
+    sac = _with_prior_share(sac) if demos or intervene else sac
+    spec = task_spec(env, None, sac)
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -108,6 +111,7 @@ def up(
                 # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
                 # (about 0.3 MB a version), unless the user chose their own retention.
                 *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
+                *([] if sac is None else ["--sac", sac]),
                 *("--log-level", "warning"),
             ],
             logs / "learner.log",
@@ -151,6 +155,25 @@ def up(
     if problems:
         Console(stderr=True).print(f"[red]robot-sac up: {'; '.join(problems)}[/]; see {logs}")
         raise typer.Exit(1)
+
+
+# With demonstrations or corrections in the log, half of each batch comes from them (RLPD's
+# symmetric sampling), unless --sac says otherwise.
+PRIOR_SHARE_WITH_EXPERT = 0.5
+
+
+def _with_prior_share(sac: str | None) -> str:
+    """``--sac`` with ``prior_share`` set to :data:`PRIOR_SHARE_WITH_EXPERT` unless it sets one
+    (a malformed --sac is left to the task's own check, which says what is wrong)."""
+    import json
+
+    try:
+        overrides = {} if sac is None else json.loads(sac)
+    except json.JSONDecodeError:
+        return sac or ""
+    if not isinstance(overrides, dict) or "prior_share" in overrides:
+        return sac or ""
+    return json.dumps({**overrides, "prior_share": PRIOR_SHARE_WITH_EXPERT})
 
 
 def _wait_for_learner(

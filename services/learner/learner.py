@@ -73,6 +73,7 @@ from robot_sac.services.learner.checkpoint import load_checkpoint, save_checkpoi
 from robot_sac.services.learner.telemetry import BehindAlarm, UtdWindow, open_board
 from robot_sac.settings import Settings
 from robot_sac.store import LogRows, PolicyRecord, Store, StoreError
+from robot_sac.store.records import SOURCE_CODES
 
 log = logging.getLogger("robot_sac.learner")
 
@@ -168,7 +169,19 @@ class Learner:
         """
         state = load_checkpoint(self.checkpoint_path)
         if state is not None:
-            self.sac.load_state_dict(state["sac"])
+            refit = False
+            try:
+                self.sac.load_state_dict(state["sac"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                # The task's networks changed since the checkpoint (critic options, sizes): keep
+                # the counters and learn on from the served actor with fresh critics.
+                log.warning(
+                    "the checkpoint's networks do not fit the task's SAC settings (%s): starting "
+                    "from the served actor and fresh critics",
+                    str(exc).splitlines()[0],
+                )
+                self._fresh_sac(updates=int(state["sac"]["updates"]))
+                refit = True
             self.counters = Counters(
                 consumed=int(state["consumed"]),
                 position=int(state["position"]),
@@ -186,7 +199,9 @@ class Learner:
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             log.info("resumed from %s at %d updates", self.checkpoint_path, self.sac.updates)
-            if not self.sac.is_finite():
+            if refit:
+                self._start_from_served_actor()
+            elif not self.sac.is_finite():
                 # e.g. saved by a learner that had no guard: keep the counters, not the weights
                 log.error(
                     "the checkpoint holds non-finite values: starting from the served actor "
@@ -265,6 +280,9 @@ class Learner:
     def _add(self, rows: LogRows, count_from: int) -> None:
         """Put log rows into the replay (actions to [-1, 1]); count those after ``count_from``.
 
+        Rows from a human or a demonstration (any source but the policy's) are the replay's prior
+        rows, which ``prior_share`` of each batch is drawn from.
+
         Rows that fail the screen (:func:`robot_sac.replay.sane_rows`) are quarantined instead:
         left out, counted, and their positions kept for the status. Rows at or before
         ``count_from`` were counted before the checkpoint; on a rebuild they are screened again
@@ -279,7 +297,8 @@ class Learner:
             if len(rows) == 0:
                 return
         unit = np.clip((rows.action - self._center) / self._half_range, -1.0, 1.0)
-        self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated)
+        prior = rows.source != SOURCE_CODES["policy"]
+        self.replay.add(rows.obs, unit, rows.reward, rows.next_obs, rows.terminated, prior=prior)
         self._observe_obs(rows)
         self.counters.consumed += int((rows.position > count_from).sum())
         versions = rows.policy_version[rows.policy_version >= 0]
@@ -384,7 +403,7 @@ class Learner:
                 transform = None if self._live_norm is None else self._live_norm.batch
                 self._graphed = GraphedUpdate(self.sac, self.replay, transform=transform)
             return self._graphed()
-        batch = self.replay.sample(self.cfg.batch_size)
+        batch = self.replay.sample(self.cfg.batch_size, prior_share=self.cfg.prior_share)
         if self._live_norm is not None:
             batch = self._live_norm.batch(batch)
         return self.sac.update(batch)
