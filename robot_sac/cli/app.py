@@ -54,7 +54,7 @@ DemosOption = Annotated[
         "between the robots as evenly as they go, logged with source 'demo'; the policy acts "
         "after them. Their steps count in --steps. Panda reach and push tasks only. With "
         "--demos or --intervene, `up` draws half of each batch from the expert's rows "
-        '(--sac \'{"prior_share": ...}\' to choose).",
+        "(--sac with a prior_share to choose).",
     ),
 ]
 InterveneOption = Annotated[
