@@ -11,7 +11,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +20,20 @@ import pytest
 
 from robot_sac.store import Store, TransitionConflict, open_store
 from robot_sac.store.sqlite import SQLiteStore
-from tests.store_backends import BACKENDS, open_backend
-from tests.test_store import (
+
+# The store suite's fixtures: every test here runs on each backend.
+from tests.test_store import (  # noqa: F401
     SPEC,
     MakeStore,
     all_rows,
     as_bytes,
+    backend,
     bits,
+    make_store,
     step,
+    store,
     tags,
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    """``make_store(name="data")`` opens (or reopens) the store called ``name``."""
-    opened: list[Store] = []
-
-    def make(name: str = "data") -> Store:
-        opened.append(open_backend(request.param, SPEC, tmp_path / name))
-        return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: MakeStore) -> Store:
-    return make_store()
 
 
 def test_an_identical_retry_is_a_duplicate_even_with_negative_zero(store: Store) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import get_args
@@ -27,29 +26,20 @@ from robot_sac.schemas import SOURCES, Source, Transition
 from robot_sac.store import Store, TransitionConflict, open_store
 from robot_sac.store.records import SOURCE_CODES, SOURCE_NAMES
 from robot_sac.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
-from tests.store_backends import BACKENDS, open_backend, pg_database_for
-from tests.test_store import SPEC, MakeStore, all_rows, as_bytes, step, tags
+from tests.store_backends import pg_database_for
+from tests.test_store import (  # noqa: F401  (backend, make_store, store: fixtures)
+    SPEC,
+    MakeStore,
+    all_rows,
+    as_bytes,
+    backend,
+    make_store,
+    step,
+    store,
+    tags,
+)
 
 NONE = {"policy": 0, "human": 0, "demo": 0}
-
-
-@pytest.fixture(params=BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    """``make_store(name="data")`` opens (or reopens) the store called ``name``."""
-    opened: list[Store] = []
-
-    def make(name: str = "data") -> Store:
-        opened.append(open_backend(request.param, SPEC, tmp_path / name))
-        return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: MakeStore) -> Store:
-    return make_store()
 
 
 def test_the_codes_are_fixed_and_every_part_names_the_same_sources() -> None:
