@@ -471,6 +471,13 @@ def test_every_replica_converges_on_each_new_version_within_a_second(fleet: Flee
                 "a version from the learner after the upload",
                 every=0.1,
             )
+            # and every robot has acted on it (the learner may publish a few ms after it)
+            wait_for(
+                lambda: all(r.versions and r.versions[-1] >= uploads[0] for r in robots),
+                30,
+                "every robot answered by the uploaded version or a newer one",
+                every=0.05,
+            )
         # Quieter (the robots stopped, the learner runs out of data): versions uploaded through
         # each replica in turn, a few tenths of a second apart, less than the 1 s poll.
         gaps = random.Random(3)
