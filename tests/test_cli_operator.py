@@ -368,3 +368,14 @@ def test_status_counts_demonstrations_and_corrections_apart(svc: ProcessService)
     assert r.status_code == 200, r.text
     table = status_table(ok(cli(svc, "status")))
     assert table["by source"] == "policy 0 · human 1 · demo 3"
+
+
+def test_up_does_not_count_an_offline_learner_as_caught_up(svc: ProcessService):
+    """`up --steps` stops the learner once it has caught up; a learner that has not come online
+    yet (still importing, its SIGTERM handler not set) has not, even when no update is due."""
+    from robot_sac.cli.live import fetch_status, learner_caught_up
+
+    status = fetch_status(svc.url, VIEWER_TOKEN)
+    assert status is not None and status.learner is not None  # the status is read...
+    assert status.learner.state == "offline"  # ...and this service has no learner
+    assert not learner_caught_up(svc.url, due_updates=0, slack=0, token=VIEWER_TOKEN)

@@ -141,7 +141,9 @@ def final_summary(status: StatusResponse, data_dir: Path, env: str) -> str:
 
 
 def learner_caught_up(url: str, due_updates: int, slack: int, token: str | None = None) -> bool:
-    """Whether the learner has done ``due_updates`` (less ``slack``) by the service's status."""
+    """Whether the learner is online and has done ``due_updates`` (less ``slack``) by the
+    service's status (online: it has started and stops cleanly when asked)."""
     status = fetch_status(url, token)
-    done = 0 if status is None or status.learner is None else status.learner.updates
-    return done >= due_updates - slack
+    if status is None or status.learner is None or status.learner.state == "offline":
+        return False
+    return status.learner.updates >= due_updates - slack

@@ -144,8 +144,10 @@ def up(
         supervisor.stop(procs.get("service"), 30)
     if summary is not None:
         console.print(live.final_summary(summary, data_dir, env))
-    # uvicorn re-raises the SIGTERM it was stopped with, so the service's clean exit is -15
-    clean = {"service": (0, None, -signal.SIGTERM), "learner": (0, None)}
+    # uvicorn re-raises the SIGTERM it was stopped with, so the service's clean exit is -15. The
+    # learner sets its handler (checkpoint, exit 0) before it opens the store: a SIGTERM that
+    # comes earlier (Ctrl-C while it imports) ends it with -15 having read and written nothing.
+    clean = {"service": (0, None, -signal.SIGTERM), "learner": (0, None, -signal.SIGTERM)}
     failed = [name for name, p in procs.items() if p.returncode not in clean[name]]
     problems = [failure] if failure else []
     if failed:
