@@ -8,11 +8,16 @@ first-seed + seeds - 1``; then the final policy's deterministic success is score
 - ``sb3``: SB3's SAC in one process, with the task's tuned settings (``robot_sac.config.TUNED``;
   for the Panda tasks RL Zoo has no SAC settings), (256, 256) networks, one update per step.
 - ``ours``: ``robot-sac up`` with its defaults (service, learner process, 2 robots over HTTP).
-- ``ours_demos``: ``robot-sac up --demos 10 --sac '{"utd": 3}'``: ten scripted-expert
-  demonstrations first, half of each batch from them (RLPD), three updates per step.
+- ``ours_demos``: ``robot-sac up`` with the scripted expert (see ``DEMO_OPTIONS``): on the reach
+  ``--demos 10 --sac '{"utd": 3}'`` (ten demonstrations first, half of each batch from them as
+  in RLPD, three updates per step); on the push ``--demos 20 --intervene 0.2 --sac '{"utd": 2,
+  "critic_layer_norm": true}'`` (twenty demonstrations, the expert takes over a struggling
+  episode with probability 0.2, LayerNorm critics, two updates per step).
 
     python bench/sample_efficiency.py                          # PandaReachDense-v3, 2,000 steps
     python bench/sample_efficiency.py --variants ours ours_demos --seeds 5
+    python bench/sample_efficiency.py --env PandaPushDense-v3 --steps 30000 \
+        --variants ours_demos sb3 --seeds 5
 
 Writes ``bench/results/sample_efficiency_<env>_<steps>.json``. Runs go one at a time: success at
 equal steps does not depend on speed, but a loaded machine makes every run slower.
@@ -27,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,18 @@ from robot_sac.store import open_existing
 from robot_sac.train_local import rollout
 
 EVAL_SEED = 1_000_000  # far from any seed the runs use
-UP_OPTIONS = {"ours": [], "ours_demos": ["--demos", "10", "--sac", '{"utd": 3}']}
+DEMO_OPTIONS = {
+    "PandaReachDense-v3": ["--demos", "10", "--sac", '{"utd": 3}'],
+    "PandaPushDense-v3": [
+        *("--demos", "20", "--intervene", "0.2"),
+        *("--sac", '{"utd": 2, "critic_layer_norm": true}'),
+    ],
+}
+
+
+def up_options(env_id: str, variant: str) -> list[str]:
+    """The ``robot-sac up`` options of ``variant`` on ``env_id``."""
+    return [] if variant == "ours" else DEMO_OPTIONS[env_id]
 
 
 def score(env_id: str, act: Any, episodes: int) -> float:
@@ -53,7 +70,7 @@ def score(env_id: str, act: Any, episodes: int) -> float:
 
 def run_up(env_id: str, variant: str, seed: int, steps: int, episodes: int, work: Path) -> float:
     data = work / f"{variant}-{seed}"
-    cmd = [*up_command(env_id, 2, steps, data, seed=seed * 10), *UP_OPTIONS[variant]]
+    cmd = [*up_command(env_id, 2, steps, data, seed=seed * 10), *up_options(env_id, variant)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
     if done.returncode != 0:
         raise RuntimeError(f"robot-sac up failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -84,39 +101,52 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["sb3", "ours", "ours_demos"])
     args = parser.parse_args()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out = ROOT / "bench" / "results" / f"sample_efficiency_{args.env}_{args.steps}.json"
     results: dict[str, Any] = {}
+
+    def write() -> None:
+        """The JSON so far (rewritten after every run: a long bench cut short keeps its runs)."""
+        payload = {
+            "date": dt.date.today().isoformat(),
+            "command": " ".join(["python", "bench/sample_efficiency.py", *sys.argv[1:]]),
+            "env": args.env,
+            "steps": args.steps,
+            "episodes": args.episodes,
+            "seeds": seeds,
+            "variants": {
+                k: "SB3 SAC in-process" if k == "sb3" else up_options(args.env, k)
+                for k in args.variants
+            },
+            "results": results,
+        }
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            rates = []
+            rates: list[float] = []
+            walls: list[float] = []
             for seed in seeds:
+                start = time.monotonic()
                 if variant == "sb3":
                     rate = run_sb3(args.env, seed, args.steps, args.episodes)
                 else:
                     rate = run_up(args.env, variant, seed, args.steps, args.episodes, Path(tmp))
                 rates.append(rate)
-                print(f"{variant} seed {seed}: success {rate:.0%}", flush=True)
-            results[variant] = {
-                "success": rates,
-                "mean": float(np.mean(rates)),
-                "standard_error": standard_error(rates),
-            }
+                walls.append(time.monotonic() - start)
+                print(f"{variant} seed {seed}: success {rate:.0%} ({walls[-1]:.0f} s)", flush=True)
+                results[variant] = {
+                    "success": rates,
+                    "seeds_done": len(rates),
+                    "wall_s": walls,
+                    "mean": float(np.mean(rates)),
+                    "standard_error": standard_error(rates) if len(rates) > 1 else None,
+                }
+                write()
             print(
                 f"{variant}: {results[variant]['mean']:.0%} ± "
-                f"{results[variant]['standard_error']:.0%} over {len(rates)} seeds",
+                f"{results[variant]['standard_error'] or 0:.0%} over {len(rates)} seeds",
                 flush=True,
             )
-    out = ROOT / "bench" / "results" / f"sample_efficiency_{args.env}_{args.steps}.json"
-    payload = {
-        "date": dt.date.today().isoformat(),
-        "command": " ".join(["python", "bench/sample_efficiency.py", *sys.argv[1:]]),
-        "env": args.env,
-        "steps": args.steps,
-        "episodes": args.episodes,
-        "seeds": seeds,
-        "variants": {k: UP_OPTIONS.get(k, "SB3 SAC in-process") for k in args.variants},
-        "results": results,
-    }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 
 
