@@ -8,7 +8,6 @@ checks its configuration's syntax too.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -24,11 +23,11 @@ from typer.testing import CliRunner
 
 from robot_sac.cli import DEFAULT_ENV, app
 from robot_sac.settings import Settings
+from tests import dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 NGINX_CONF = ROOT / "docs" / "fleet" / "nginx.conf"
-DOCKERFILE = ROOT / "Dockerfile"
 REPLICAS = ("replica1", "replica2")
 ROBOT_SAC_SERVICES = (*REPLICAS, "learner")
 
@@ -87,19 +86,9 @@ def environment(name: str) -> dict[str, str]:
     return {k: interpolate(str(v), FAKE_ENV) for k, v in env.items()}
 
 
-def dockerfile_instruction(keyword: str) -> list[str]:
-    lines = [
-        line.split(None, 1)[1]
-        for line in DOCKERFILE.read_text().splitlines()
-        if line.upper().startswith(keyword + " ")
-    ]
-    return lines
-
-
 def entrypoint() -> list[str]:
-    (last, *_) = reversed(dockerfile_instruction("ENTRYPOINT"))
-    value = json.loads(last)
-    return value if isinstance(value, list) else [value]
+    (last, *_) = reversed(dockerfile.of("ENTRYPOINT"))
+    return last.exec_form()
 
 
 def argv(name: str) -> list[str]:
@@ -130,9 +119,8 @@ def data_dir(name: str) -> str:
     env = environment(name)
     if "ROBOT_SAC_DATA_DIR" in env:
         return env["ROBOT_SAC_DATA_DIR"]
-    for line in dockerfile_instruction("ENV"):
-        if m := re.search(r"ROBOT_SAC_DATA_DIR=(\S+)", line):
-            return m[1]
+    if "ROBOT_SAC_DATA_DIR" in dockerfile.env_values():
+        return dockerfile.env_values()["ROBOT_SAC_DATA_DIR"]
     return str(Settings.model_fields["data_dir"].default)
 
 
@@ -322,17 +310,17 @@ def test_replicas_listen_on_all_interfaces_with_tokens_and_report_ready():
 
 
 def test_healthchecks_use_only_what_the_image_has():
-    (base,) = dockerfile_instruction("FROM")
-    assert base.startswith("python:"), "the /readyz healthcheck runs python (no curl in slim)"
+    base = dockerfile.arg_default("BASE")
+    assert base is not None and base.startswith("python:"), "the healthcheck runs python"
     for name in REPLICAS:
         assert service(name)["healthcheck"]["test"][:2] == ["CMD", "python"]
 
 
 def test_the_image_has_what_the_fleet_needs():
-    installs = " ".join(dockerfile_instruction("RUN"))
-    extras = re.search(r"\.\[([^\]]*)\]", installs)
-    assert extras is not None, "the Dockerfile installs the project with its extras"
-    assert {"service", "sim", "postgres"} <= set(extras[1].split(","))
+    """The fleet serves the simulated reach by --env: its build adds the simulators."""
+    for name in ROBOT_SAC_SERVICES:
+        extras = set(service(name)["build"]["args"]["EXTRAS"].split(","))
+        assert {"service", "learner", "sim", "postgres"} <= extras, name
 
 
 def test_nginx_publishes_8000_mounts_the_conf_and_waits_for_the_replicas():
