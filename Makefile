@@ -25,7 +25,7 @@ test: setup  ## the whole suite, the slow learning tests included (what CI runs)
 test-fast: setup  ## everything but the tests marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: setup
+lint: typecheck  ## ruff's checks and format, and mypy (typecheck)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -21,7 +21,7 @@ in the same ``field: reason`` form. The act bodies are read the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 import msgspec
 import numpy as np
@@ -79,6 +79,20 @@ class WireTransitions(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
 # A JSON body's vectors are lists of floats; a MessagePack body's may also be float32 bytes.
 JSON_BODY = WireTransitions[_Vector]
 PACKED_BODY = WireTransitions[bytes | _Vector]
+
+if TYPE_CHECKING:
+    from robot_sac.schemas import Transition
+
+    def _store_accepts(
+        json_row: WireTransition[list[float]],
+        packed_row: WireTransition[bytes | list[float]],
+        model: Transition,
+    ) -> list[TransitionLike]:
+        """Never called: mypy checks here that both wire forms and the pydantic model satisfy
+        the store's protocol (a field renamed or retyped on one side fails `make typecheck`)."""
+        return [json_row, packed_row, model]
+
+
 _decoder = msgspec.json.Decoder(JSON_BODY)
 
 
