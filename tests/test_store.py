@@ -1506,3 +1506,23 @@ def test_policy_record_describe_names_the_version(store: Store) -> None:
         "updates": 0,
         "sha256": v0.sha256,
     }
+
+
+def test_an_episode_the_expert_helped_with_is_credited_to_no_version(store: Store) -> None:
+    """A version's episodes (and success) are the policy's own: an episode in which an operator
+    took over, or a demonstration, counts for no version, however many steps the policy chose."""
+    sources = ["policy"] * 6 + ["human"] * 2 + ["policy"]
+    store.append(
+        [
+            step(i, episode="assisted", reward=1.0, version=4, source=s, terminated=i == 8)
+            for i, s in enumerate(sources)
+        ]
+    )
+    store.append(
+        [step(i, episode="demo", reward=1.0, source="demo", terminated=i == 2) for i in range(3)]
+    )
+    store.append([step(i, episode="own", reward=0.5, version=4, terminated=i == 1) for i in (0, 1)])
+    assert store.episodes_by_version() == [VersionEpisodes(4, 1, 1.0, (1.0,))]
+    # a late human step of an episode credited so far takes the credit away
+    store.append([step(2, episode="own", reward=0.5, source="human")])
+    assert store.episodes_by_version() == []

@@ -355,13 +355,22 @@ def counts_by_source(counts: Mapping[int, int]) -> dict[str, int]:
     return {name: int(counts.get(code, 0)) for name, code in SOURCE_CODES.items()}
 
 
+# The tally "version" of steps that an operator or a demonstration chose (source human or demo):
+# an episode with any such step is credited to no version, so a version's success never counts
+# what the expert did for it.
+EXPERT_TALLY = -2
+
+
 def episode_tallies(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str, int], list[Any]]:
     """What encoded rows add to their episodes' tallies, by ``(robot_id, episode_id, version)``:
     ``[steps, reward sum, ended (0/1)]``. Versions are >= 0, so -1 stands for "the robot did
-    not say" (as in :class:`LogRows`): a NULL key column would match no upsert."""
+    not say" (as in :class:`LogRows`; a NULL key column would match no upsert) and
+    :data:`EXPERT_TALLY` for a step of another source than the policy."""
+    policy = SOURCE_CODES["policy"]
     tallies: dict[tuple[str, str, int], list[Any]] = {}
     for r in rows:
-        key = (r[0], r[1], -1 if r[9] is None else r[9])
+        version = EXPERT_TALLY if r[10] != policy else -1 if r[9] is None else r[9]
+        key = (r[0], r[1], version)
         ends = 1 if r[7] or r[8] else 0
         tally = tallies.get(key)
         if tally is None:

@@ -50,6 +50,7 @@ from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
     CONTENT,
+    EXPERT_TALLY,
     ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
@@ -221,14 +222,16 @@ ON CONFLICT (robot_id, episode_id, policy_version) DO UPDATE SET
 """
 # The episodes row of every ended episode among the given ones, from its tallies: the return
 # and length count every stored step; the version that chose most of its actions gets the
-# credit (ties: the newer; unknown versions do not vote); the last reward is its highest step's.
-_EPISODES = """
+# credit (ties: the newer; unknown versions do not vote), none if an operator or a demonstration
+# chose any of its steps; the last reward is its highest step's.
+_EPISODES = f"""
 INSERT INTO episodes (robot_id, episode_id, policy_version, episode_return, last_reward, steps,
     ended_at)
 SELECT t.robot_id, t.episode_id,
+    CASE WHEN MIN(t.policy_version) = {EXPERT_TALLY} THEN NULL ELSE
     (SELECT v.policy_version FROM episode_tallies v
         WHERE v.robot_id = t.robot_id AND v.episode_id = t.episode_id AND v.policy_version >= 0
-        ORDER BY v.steps DESC, v.policy_version DESC LIMIT 1),
+        ORDER BY v.steps DESC, v.policy_version DESC LIMIT 1) END,
     SUM(t.reward_sum),
     (SELECT x.reward FROM transitions x
         WHERE x.robot_id = t.robot_id AND x.episode_id = t.episode_id

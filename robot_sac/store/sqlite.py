@@ -26,6 +26,7 @@ from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
 from robot_sac.store.codec import (
     CONTENT,
+    EXPERT_TALLY,
     ROBOT_EPISODES_SQL,
     PendingBatch,
     check_control_changes,
@@ -233,7 +234,8 @@ def _refresh_episode(conn: sqlite3.Connection, robot_id: str, episode_id: str, n
     """Write an episode's row from its tallies once a stored step has ended it. Its return and
     length count every stored step (a late step of an ended episode updates them); it is credited
     to the version that chose most of its actions (ties: the newer; unknown versions do not
-    vote); its last reward is that of its highest step."""
+    vote), and to none if an operator or a demonstration chose any; its last reward is that of
+    its highest step."""
     tallies = conn.execute(
         "SELECT policy_version, steps, reward_sum, ended FROM episode_tallies "
         "WHERE robot_id = ? AND episode_id = ?",
@@ -244,7 +246,8 @@ def _refresh_episode(conn: sqlite3.Connection, robot_id: str, episode_id: str, n
     steps = sum(n for _, n, _, _ in tallies)
     total = sum(r for _, _, r, _ in tallies)
     voted = [(n, v) for v, n, _, _ in tallies if v >= 0]
-    top = max(voted)[1] if voted else None
+    assisted = any(v == EXPERT_TALLY for v, *_ in tallies)
+    top = max(voted)[1] if voted and not assisted else None
     (last_reward,) = conn.execute(
         "SELECT reward FROM transitions WHERE robot_id = ? AND episode_id = ? "
         "ORDER BY step DESC LIMIT 1",
