@@ -55,8 +55,14 @@ DEMO_OPTIONS = {
 }
 
 
+# ``ours_sac``: ``robot-sac up --sac JSON`` with the JSON of ``--sac`` (to try settings)
+TRIAL_SAC: list[str] = []
+
+
 def up_options(env_id: str, variant: str) -> list[str]:
     """The ``robot-sac up`` options of ``variant`` on ``env_id``."""
+    if variant == "ours_sac":
+        return ["--sac", *TRIAL_SAC]
     return [] if variant == "ours" else DEMO_OPTIONS[env_id]
 
 
@@ -98,10 +104,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--variants", nargs="+", default=["sb3", "ours", "ours_demos"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["sb3", "ours", "ours_demos"],
+        choices=["sb3", "ours", "ours_demos", "ours_sac"],
+    )
+    parser.add_argument("--sac", help="the --sac JSON of the ours_sac variant")
+    parser.add_argument("--out", type=Path, help="the JSON to write (default: in bench/results)")
     args = parser.parse_args()
+    if "ours_sac" in args.variants:
+        if not args.sac:
+            parser.error("the ours_sac variant needs --sac JSON")
+        TRIAL_SAC.append(args.sac)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    out = ROOT / "bench" / "results" / f"sample_efficiency_{args.env}_{args.steps}.json"
+    out = args.out or ROOT / "bench" / "results" / f"sample_efficiency_{args.env}_{args.steps}.json"
     results: dict[str, Any] = {}
 
     def write() -> None:
