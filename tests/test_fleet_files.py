@@ -332,7 +332,8 @@ def test_the_image_has_what_the_fleet_needs():
     installs = " ".join(dockerfile_instruction("RUN"))
     extras = re.search(r"\.\[([^\]]*)\]", installs)
     assert extras is not None, "the Dockerfile installs the project with its extras"
-    assert {"service", "sim", "postgres"} <= set(extras[1].split(","))
+    # the compose file runs `serve` (service) and `learn` (learner), on PostgreSQL
+    assert {"service", "learner", "sim", "postgres"} <= set(extras[1].split(","))
 
 
 def test_nginx_publishes_8000_mounts_the_conf_and_waits_for_the_replicas():
