@@ -7,16 +7,32 @@ One module per concern: :mod:`~robot_sac.cli.app` (the typer app, shared options
 :mod:`~robot_sac.cli.run` (serve, learn, sim), :mod:`~robot_sac.cli.up` (``up``, with
 :mod:`~robot_sac.cli.supervisor` and :mod:`~robot_sac.cli.live`), :mod:`~robot_sac.cli.operate`
 (the operator's commands, over :mod:`~robot_sac.cli.admin_client`, printed by
-:mod:`~robot_sac.cli.views`), :mod:`~robot_sac.cli.plot` and :mod:`~robot_sac.cli.train_local`.
+:mod:`~robot_sac.cli.views`), :mod:`~robot_sac.cli.plot` and :mod:`~robot_sac.cli.train_local`;
+:mod:`~robot_sac.cli.extras` says which extra a command needs where it is not installed.
 """
 
 from __future__ import annotations
 
-# Importing a command module registers its commands on `app`; this order is the help's order.
-# isort: off
-from robot_sac.cli import run, up, operate, plot, train_local  # noqa: F401
+from robot_sac.cli.extras import cli_installed, guarded, light_main
 
-# isort: on
-from robot_sac.cli.app import DEFAULT_ENV, app, main
+if cli_installed():
+    # Importing a command module registers its commands on `app`; this order is the help's order.
+    # isort: off
+    from robot_sac.cli import run, up, operate, plot, train_local  # noqa: F401
+
+    # isort: on
+    from robot_sac.cli.app import DEFAULT_ENV, app
+    from robot_sac.cli.app import main as app_main
+
+    def main() -> None:
+        """The console script: the app; a command whose extra is missing says so in one line."""
+        guarded(app_main)
+
+else:  # the robot's install (`pip install robot-sac`): no typer, only the extras' one lines
+
+    def main() -> None:
+        """The console script without the ``cli`` extra: which extra each command needs."""
+        light_main()
+
 
 __all__ = ["DEFAULT_ENV", "app", "main"]
