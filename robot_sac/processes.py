@@ -169,8 +169,9 @@ def wait_ready(
     timeout: float = 120.0,
     path: str = "/readyz",
     name: str | None = None,
+    interval: float = 0.05,
 ) -> float:
-    """Wait until ``url + path`` answers 200; the seconds that took.
+    """Wait until ``url + path`` answers 200, asking every ``interval`` s; the seconds that took.
 
     :class:`NotReady` if ``proc`` exits first or ``timeout`` passes (the process is left as it
     is: the caller stops it); its message names the service ``name`` (default: ``url``) and
@@ -190,7 +191,7 @@ def wait_ready(
                 return time.monotonic() - t0
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
+        time.sleep(interval)
     raise NotReady(f"{name} was not ready after {timeout:.0f} s{see}")
 
 
