@@ -71,29 +71,13 @@ def _prctl() -> Callable[..., int] | None:
     return prctl
 
 
-def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> bool:
-    """Have Linux send ``sig`` to this process when its parent ends; whether it could.
-
-    ``parent``: the pid the caller expects as its parent; if it has already gone (reparented
-    before the request took effect), ``sig`` is sent at once. The parent, for Linux, is the
-    *thread* that started this process: start children from a thread that lives as long as they
-    should (the main thread).
-    """
-    import ctypes
-
-    prctl = _prctl()
-    if prctl is None or prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) != 0:
-        return False
-    if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), sig)
-    return True
-
-
 def _death_signal_hook(sig: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks for ``sig`` on the parent's death; None where none applies.
+    """A ``preexec_fn`` that asks Linux for ``sig`` when the parent ends; None where none applies.
 
-    Only from the main thread: a child started from another thread would get ``sig`` when that
-    thread ends. Everything is looked up here, before the fork: the child only calls ``prctl``.
+    The parent, for Linux, is the *thread* that started the child: only the main thread lives as
+    long as the command, so a child started from another thread gets no death signal. Everything
+    is looked up here, before the fork: the child only calls ``prctl``. If the parent died before
+    the request took effect (the child was reparented), the child sends ``sig`` to itself.
     """
     import ctypes
 
@@ -198,7 +182,7 @@ def wait_ready(
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """``sig`` to ``proc`` and, if it leads a process group of its own, to that group."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(proc.pid) == proc.pid:
+        if os.name == "posix" and os.getpgid(proc.pid) == proc.pid:
             os.killpg(proc.pid, sig)
             return
     with contextlib.suppress(ProcessLookupError):
@@ -260,14 +244,15 @@ def stop_signals() -> Iterator[StopSignals]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
+        if signum == getattr(signal, "SIGHUP", None):
             _silence_terminal()
         if state.stopping:
             return
         state.stopping = True
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    stops = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield state
     finally:

@@ -312,7 +312,7 @@ def _new_watch(
 
 # A robot stopped by a signal (its parent died, or someone terminated it) still flushes what it
 # logged, but for no longer than this: its service may be going away too. SIGALRM ends it then.
-FLUSH_GRACE_S = 10
+FLUSH_GRACE_S = 5
 
 
 def robot_process(
@@ -350,8 +350,9 @@ def robot_process(
 def _die_with_parent(parent: int) -> None:
     """SIGTERM when the parent ends (Linux's ``PR_SET_PDEATHSIG``); at once if it already has.
 
-    The same request as ``robot_sac.processes.die_with_parent``, which a robot may not import
-    (sim reaches only the client and the schemas of the core).
+    What ``robot_sac.processes`` asks for the processes it spawns. A robot is started by
+    multiprocessing, not by that harness, and may not import it: sim reaches only the client and
+    the schemas of the core.
     """
     import sys
 
