@@ -295,3 +295,20 @@ def test_kill_9_of_sim_leaves_no_robot_running(
         assert_all_gone(children, 20)
     finally:
         kill_all(proc, children)
+
+
+def test_a_robot_sent_sigterm_flushes_and_exits_0(
+    pendulum_service: ThreadService, tmp_path: Path
+) -> None:
+    """What a robot does when its parent dies (the kernel sends it SIGTERM): it stops after the
+    step, flushes and exits 0, so `sim` counts no failed robot."""
+    proc, children = start_sim(pendulum_service, tmp_path)
+    try:
+        robot = kinds(children)["robot"][0]
+        os.kill(robot, signal.SIGTERM)
+        assert_all_gone([robot], 10)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "sim.log").read_text()[-3000:]
+        assert_all_gone(children, 10)
+    finally:
+        kill_all(proc, children)
