@@ -43,7 +43,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -59,18 +58,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from robot_sac import processes
+
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah's sizes
 Key = tuple[str, str, int]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-# --- the service (the few lines of tests/servers.py that this needs) -------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+# --- the service (started, waited for and stopped by robot_sac.processes) --------------------
 class Service:
     """``robot-sac serve`` in a subprocess on a free loopback port, without tokens."""
 
@@ -79,7 +74,7 @@ class Service:
     ) -> None:
         self.data_dir, self.task_file, self.log = data_dir, task_file, log
         self.store_url = store_url
-        self.port = free_port()
+        self.port = processes.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,53 +85,28 @@ class Service:
             for k, v in os.environ.items()
             if k not in ("ROBOT_SAC_ROBOT_TOKEN", "ROBOT_SAC_OPERATOR_TOKEN", "ROBOT_SAC_STORE_URL")
         }
-        cmd = [
-            *(sys.executable, "-m", "robot_sac.cli", "serve", "--task", str(self.task_file)),
-            *("--data-dir", str(self.data_dir), "--port", str(self.port)),
-            *("--log-level", "warning"),
-        ]
+        args = ["serve", "--task", str(self.task_file), "--data-dir", str(self.data_dir)]
+        args += ["--port", str(self.port), "--log-level", "warning"]
         if self.store_url is not None:
-            cmd += ["--store-url", self.store_url]
+            args += ["--store-url", self.store_url]
         t0 = time.perf_counter()
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the service exited with {self.proc.returncode} ({self.last_log_line()}); "
-                    f"see {self.log}"
-                )
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        self.kill()
-        raise TimeoutError(f"the service was not ready after {timeout} s; see {self.log}")
-
-    def last_log_line(self) -> str:
+        self.proc = processes.spawn(args, self.log, env=env)
         try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return "no log"
-        return next((ln.strip() for ln in reversed(lines) if ln.strip()), "empty log")[:300]
+            processes.wait_ready(self.url, self.proc, self.log, timeout, interval=0.02)
+        except processes.NotReady:
+            self.kill()
+            raise
+        return time.perf_counter() - t0
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)
 
     def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
+        """SIGTERM, SIGKILL after 30 s; the exit code."""
+        code = processes.stop(self.proc, 30)
+        assert code is not None, "never started"
+        return code
 
 
 def transition(robot: str, episode: str, step: int) -> dict[str, Any]:

@@ -11,10 +11,8 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import psycopg
+
+from robot_sac import processes
 
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah's sizes
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -220,12 +219,6 @@ def pg_shared_pids(conn: psycopg.Connection[Any]) -> Callable[[], list[int]]:
 
 
 # --- replicas ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_task(path: Path) -> Path:
     task = {
         "name": "cheetah",
@@ -267,36 +260,26 @@ class Replica:
 
     def start(self, timeout: float = 180.0) -> float:
         """Starts it and waits for /readyz 200; returns the seconds that took."""
-        self.port = free_port()
+        self.port = processes.free_port()
         drop = ("ROBOT_SAC_ROBOT_TOKEN", "ROBOT_SAC_OPERATOR_TOKEN", "ROBOT_SAC_STORE_URL")
         env = {k: v for k, v in os.environ.items() if k not in drop}
         if self.tokens is not None:
             env["ROBOT_SAC_ROBOT_TOKEN"], env["ROBOT_SAC_OPERATOR_TOKEN"] = self.tokens
         env.update(self.extra_env)
-        cmd = [
-            *(sys.executable, "-m", "robot_sac.cli", "serve", "--task", str(self.task_file)),
-            *("--data-dir", str(self.data_dir), "--port", str(self.port)),
-            *("--log-level", self.log_level, "--device", "cpu"),
-        ]
+        args = ["serve", "--task", str(self.task_file), "--data-dir", str(self.data_dir)]
+        args += ["--port", str(self.port), "--log-level", self.log_level, "--device", "cpu"]
         if self.store_url is not None:
-            cmd += ["--store-url", self.store_url]
+            args += ["--store-url", self.store_url]
         t0 = time.perf_counter()
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"replica {self.name} exited with {self.proc.returncode}; see {self.log}"
-                )
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"replica {self.name} was not ready after {timeout} s; see {self.log}")
+        self.proc = processes.spawn(args, self.log, env=env)
+        try:
+            processes.wait_ready(
+                self.url, self.proc, self.log, timeout, name=f"replica {self.name}"
+            )
+        except processes.NotReady:
+            self.kill()
+            raise
+        return time.perf_counter() - t0
 
     def pause(self) -> None:
         """SIGSTOP: it takes no CPU (its idle watcher included) while others are measured."""
@@ -310,20 +293,13 @@ class Replica:
             self.stopped = False
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.resume()
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
+        """SIGTERM (resumed first: a stopped process would not see it), SIGKILL after 30 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+        return processes.stop(self.proc, 30)
 
 
 @contextmanager

@@ -45,11 +45,9 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -61,6 +59,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 import numpy as np
+
+from robot_sac import processes
 
 OBS_DIM, ACTION_DIM, EPISODE_STEPS = 17, 6, 1000  # HalfCheetah: 1000-step episodes, truncated
 GOAL = 0.40  # service >= 40 % of raw
@@ -184,39 +184,23 @@ class RawSQLite:
 
 
 # --- the service -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_service(data_dir: Path, task_file: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``robot-sac serve`` on a free loopback port, without tokens; returns once /readyz is 200."""
-    port = free_port()
+    port = processes.free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("ROBOT_SAC_ROBOT_TOKEN", "ROBOT_SAC_OPERATOR_TOKEN", "ROBOT_SAC_STORE_URL")
     }
-    cmd = [
-        *(sys.executable, "-m", "robot_sac.cli", "serve", "--task", str(task_file)),
-        *("--data-dir", str(data_dir), "--port", str(port), "--log-level", "warning"),
-    ]
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError(f"the service was not ready after 120 s; see {log}")
+    args = ["serve", "--task", str(task_file), "--data-dir", str(data_dir), "--port", str(port)]
+    proc = processes.spawn([*args, "--log-level", "warning"], log, env=env)
+    try:
+        processes.wait_ready(url, proc, log, 120, name="the service")
+    except processes.NotReady:
+        processes.kill(proc)
+        raise
+    return proc, url
 
 
 JSON, MSGPACK = "application/json", "application/msgpack"
@@ -454,12 +438,7 @@ def main() -> None:
     finally:
         for c in [*clients, via_httpx]:
             c.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, 30)
         raw.close()
         raw_multirow.close()
     # Both sides stored every row once, or the figures mean nothing.

@@ -56,7 +56,6 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,6 +67,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robot_sac import processes
 from robot_sac.schemas import TaskSpec
 from robot_sac.store import Store, open_store
 
@@ -244,24 +244,16 @@ class CpuMeter:
         return {"ours_cpu": (o1 - o0) / wall, "foreign_cpu": 0.0 if foreign < 0 else foreign}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Child:
     """A subprocess whose output goes to a log file; stoppable, resumable, always cleaned up."""
 
     def __init__(self, name: str, cmd: list[str], logs: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.log_path.write_bytes(b"")
         # Run from the scratch folder: a checkout's root would put its source folder first on
         # the path, shadowing an installed (not editable) robot_sac.
-        self.proc = subprocess.Popen(
-            cmd, cwd=logs.parent, env=env, stdout=self._log, stderr=self._log
-        )
+        self.proc = processes.spawn_command(cmd, self.log_path, env, cwd=logs.parent)
         self.stopped = False
 
     @property
@@ -293,14 +285,7 @@ class Child:
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.resume()  # a stopped process would not see SIGTERM
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return processes.stop(self.proc, 30)
 
 
 class LearnerProc(Child):
@@ -404,48 +389,21 @@ class Conn:
                 raise ConnectionError("closed by the server")
             self.buf += chunk
 
-    def get_ok(self, path: str) -> bool:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        return b" 200 " in self.sock.recv(65536).split(b"\r\n")[0] + b" "
-
     def close(self) -> None:
         self.sock.close()
 
 
 def start_service(task: Path, data_dir: Path, logs: Path) -> tuple[Child, int]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "robot_sac.cli",
-        "serve",
-        "--task",
-        str(task),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--log-level",
-        "warning",
-    ]
+    port = processes.free_port()
+    args = ["serve", "--task", str(task), "--data-dir", str(data_dir), "--port", str(port)]
+    cmd = processes.robot_sac_command([*args, "--device", "cpu", "--log-level", "warning"])
     child = Child("service", cmd, logs, dict(os.environ))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        child.check_alive()
-        try:
-            conn = Conn(port)
-            try:
-                if conn.get_ok("/readyz"):
-                    return child, port
-            finally:
-                conn.close()
-        except OSError:
-            pass
-        time.sleep(0.2)
-    child.stop()
-    raise TimeoutError(f"the service did not get ready:\n{child.log_tail()}")
+    try:
+        processes.wait_ready(f"http://127.0.0.1:{port}", child.proc, child.log_path, 120)
+    except processes.NotReady as exc:
+        child.stop()
+        raise RuntimeError(f"the service did not get ready ({exc}):\n{child.log_tail()}") from None
+    return child, port
 
 
 class Robots:

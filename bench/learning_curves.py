@@ -23,9 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robot_sac import processes
 from robot_sac.config import tuned_config
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
@@ -59,19 +58,15 @@ def standard_error(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def up_command(env_id: str, robots: int, steps: int, data: Path, seed: int = 0) -> list[str]:
     """``robot-sac up`` on a free port, as a subprocess's argument list."""
-    return [
-        *(sys.executable, "-m", "robot_sac.cli", "up", "--env", env_id),
-        *("--robots", str(robots), "--steps", str(steps), "--data-dir", str(data)),
-        *("--port", str(free_port()), "--seed", str(seed)),
-    ]
+    return processes.robot_sac_command(
+        [
+            *("up", "--env", env_id),
+            *("--robots", str(robots), "--steps", str(steps), "--data-dir", str(data)),
+            *("--port", str(processes.free_port()), "--seed", str(seed)),
+        ]
+    )
 
 
 def run_ours(

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from learning_curves import sb3_sac, up_command
 
+from robot_sac import processes
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
@@ -52,12 +53,12 @@ def score(env_id: str, act: Any, episodes: int) -> list[float]:
 
 def start_ours(env_id: str, steps: int, robots: int, data: Path, log: Path) -> subprocess.Popen:
     cmd = up_command(env_id, robots, steps, data)
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    return processes.spawn_command(cmd, log, cwd=ROOT)  # ends with this script, whatever ends it
 
 
 def start_sb3(env_id: str, steps: int, out: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--env", env_id, "--steps", str(steps), "--sb3-to", str(out)]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    return processes.spawn_command(cmd, log, cwd=ROOT)
 
 
 def train_sb3(env_id: str, steps: int, out: Path) -> None:

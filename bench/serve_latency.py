@@ -31,7 +31,6 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,53 +40,33 @@ from typing import Any
 
 import numpy as np
 
+from robot_sac import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 OBS_DIM, ACTION_DIM = 17, 6
 
 
-# --- servers --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port: int, path: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-                if b" 200 " in s.recv(1024).split(b"\r\n")[0] + b" ":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"server on port {port} not ready")
+# --- servers (started, waited for and stopped by robot_sac.processes) ------------------------
+free_port = processes.free_port  # bench/hostile.py takes it from here
 
 
 class Server:
+    """``cmd`` serving on ``port`` from the checkout's root; ready once ``ready_path`` answers
+    200. Its output goes to a log file in the temporary folder, quoted if it fails to start."""
+
     def __init__(self, cmd: list[str], port: int, ready_path: str, env: dict[str, str]) -> None:
         self.port = port
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self.log = Path(tempfile.gettempdir()) / f"robot-sac-bench-server-{port}.log"
+        self.log.write_bytes(b"")
+        self.proc = processes.spawn_command(cmd, self.log, env, cwd=ROOT)
         try:
-            wait_ready(port, ready_path)
-        except TimeoutError:
-            self.proc.kill()
-            raise RuntimeError(
-                self.proc.stderr.read().decode() if self.proc.stderr else ""
-            ) from None
+            processes.wait_ready(f"http://127.0.0.1:{port}", self.proc, self.log, 60, ready_path)
+        except processes.NotReady as exc:
+            processes.kill(self.proc)
+            raise RuntimeError(f"{exc}\n{self.log.read_text(errors='replace')}") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        processes.stop(self.proc, 20)
 
 
 def start_echo() -> Server:

@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from bench.hostile import OPERATOR_TOKEN, ROBOT_TOKEN, request, rss_mb, start_service
 from bench.serve_latency import ACTION_DIM, OBS_DIM, Conn, async_request
+from robot_sac import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 50
@@ -180,15 +180,12 @@ def main() -> None:
             "ROBOT_SAC_LEARNER_THREADS": "1",
             "ROBOT_SAC_DEVICE": "cpu",
         }
-        learner = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "robot_sac.cli", "learn", "--task", str(task)),
-                *("--data-dir", str(data_dir), "--no-progress", "--log-level", "warning"),
-            ],
+        learner_args = ["learn", "--task", str(task), "--data-dir", str(data_dir), "--no-progress"]
+        learner = processes.spawn(
+            [*learner_args, "--log-level", "warning"],
+            Path(tmp) / "learner.log",
+            learner_env,
             cwd=ROOT,
-            env=learner_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
         )
         out: Any = mp.Queue()
         fleet = mp.Process(
@@ -226,11 +223,7 @@ def main() -> None:
             status = json.loads(body)
             operator.close()
         finally:
-            learner.terminate()
-            try:
-                learner.wait(60)
-            except subprocess.TimeoutExpired:
-                learner.kill()
+            processes.stop(learner, 60)
             service.stop()
     minutes = per_minute(times, latencies)
     after_first = [m for t, m in rss if t >= 60]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import threading
 from typing import Any
 
 from robot_sac.sim.robot import EpisodeReport, robot_process
@@ -38,36 +40,42 @@ class Fleet:
         intervene: float = 0.0,
     ) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter per robot: its own physics client
+        self._ctx = ctx
         self._queue: Any = ctx.Queue()
         self._stop: Any = ctx.Event()
-        self._processes = [
-            ctx.Process(
-                target=robot_process,
-                args=(
-                    {
-                        "url": url,
-                        "env_id": env_id,
-                        "robot_id": f"sim-{i}",
-                        "steps": steps if steps is not None else 2**62,
-                        "seed": seed + i,
-                        "rate_hz": rate_hz,
-                        "token": token,
-                        "pace": pace,
-                        "status_token": status_token,
-                        "demos": demos // robots + int(i < demos % robots),
-                        "intervene": intervene,
-                    },
-                    self._queue,
-                    self._stop,
-                ),
-                name=f"robot-sac-sim-{i}",
-                daemon=True,
-            )
+        self._configs = [
+            {
+                "url": url,
+                "env_id": env_id,
+                "robot_id": f"sim-{i}",
+                "steps": steps if steps is not None else 2**62,
+                "seed": seed + i,
+                "rate_hz": rate_hz,
+                "token": token,
+                "pace": pace,
+                "status_token": status_token,
+                "demos": demos // robots + int(i < demos % robots),
+                "intervene": intervene,
+            }
             for i in range(robots)
         ]
+        self._processes: list[Any] = []
         self._finished = 0
 
     def start(self) -> Fleet:
+        # Robots die with their parent (Linux): a killed `up` or `sim` leaves none running. The
+        # parent is, for Linux, the thread that starts them: only the main thread lives as long
+        # as the command, so robots started from another thread are not tied to it.
+        parent = os.getpid() if threading.current_thread() is threading.main_thread() else None
+        self._processes = [
+            self._ctx.Process(
+                target=robot_process,
+                args=(config, self._queue, self._stop, parent),
+                name=f"robot-sac-sim-{i}",
+                daemon=True,
+            )
+            for i, config in enumerate(self._configs)
+        ]
         for p in self._processes:
             p.start()
         return self
@@ -98,11 +106,15 @@ class Fleet:
         return [p.exitcode for p in self._processes if p.exitcode not in (None, 0)]
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Ask every robot to stop after its current step and flush; terminate stragglers."""
+        """Ask every robot to stop after its current step and flush; end stragglers (SIGTERM, then
+        SIGKILL: they have had ``timeout`` s to flush)."""
         self._stop.set()
         for p in self._processes:
             p.join(timeout)
         for p in self._processes:
             if p.is_alive():
                 p.terminate()
+                p.join(5.0)
+            if p.is_alive():
+                p.kill()
                 p.join(5.0)

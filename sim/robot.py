@@ -310,17 +310,59 @@ def _new_watch(
     return _Watch(rule, expert, obs, bool(coin.random() < intervene), episode_id)
 
 
-def robot_process(kwargs: dict[str, Any], reports: Any, stop: Any) -> None:
+# A robot stopped by a signal (its parent died, or someone terminated it) still flushes what it
+# logged, but for no longer than this: its service may be going away too. SIGALRM ends it then.
+FLUSH_GRACE_S = 5
+
+
+def robot_process(
+    kwargs: dict[str, Any], reports: Any, stop: Any, parent: int | None = None
+) -> None:
     """Entry point of one robot process (``multiprocessing``): episode reports go to a queue.
 
-    Ctrl-C in the terminal reaches every process of the group; a robot ignores it and stops
-    when its parent sets ``stop``, so it can flush its transitions first.
+    Ctrl-C in the terminal, and the hang-up of a closed terminal, reach every process of the
+    group; a robot ignores them and stops when its parent sets ``stop``, so it can flush its
+    transitions first. SIGTERM stops it after the current step too, the flush bounded by
+    :data:`FLUSH_GRACE_S`; with ``parent`` (its parent's pid) it gets SIGTERM when that parent
+    dies (Linux), so a killed ``up`` or ``sim`` leaves no robot running.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    terminated = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal terminated
+        terminated = True
+        signal.alarm(FLUSH_GRACE_S)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if parent is not None:
+        _die_with_parent(parent)
     # A robot reports through the queue; PyBullet's C library prints its build time to stdout
     # at exit, which would land in the middle of the parent's display.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     logging.basicConfig(level=logging.WARNING)
-    run_robot(**kwargs, on_episode=reports.put, should_stop=stop.is_set)
+    run_robot(**kwargs, on_episode=reports.put, should_stop=lambda: terminated or stop.is_set())
     reports.put(None)  # this robot is done
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the parent ends (Linux's ``PR_SET_PDEATHSIG``); at once if it already has.
+
+    What ``robot_sac.processes`` asks for the processes it spawns. A robot is started by
+    multiprocessing, not by that harness, and may not import it: sim reaches only the client and
+    the schemas of the core.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(1, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # PR_SET_PDEATHSIG is 1

@@ -1,10 +1,12 @@
-"""Real services for tests: uvicorn on a free loopback port, in a thread or in a subprocess."""
+"""Real services for tests: uvicorn on a free loopback port, in a thread or in a subprocess.
+
+Subprocesses are started, waited for and stopped by :mod:`robot_sac.processes`, the harness
+`up` and the benchmarks use too (``free_port`` is re-exported from it for the tests)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +18,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from robot_sac import processes
+from robot_sac.processes import free_port
 from robot_sac.schemas import TaskSpec
 from robot_sac.services.inference import create_app
 from robot_sac.services.inference.server import loopback_socket, server_config
@@ -25,12 +29,6 @@ from robot_sac.settings import Settings
 CHEETAH = TaskSpec(name="cheetah", obs_dim=17, action_low=(-1.0,) * 6, action_high=(1.0,) * 6)
 ROBOT_TOKEN = "robot-secret-token"
 OPERATOR_TOKEN = "operator-secret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,7 +85,8 @@ def write_task(path: Path, spec: TaskSpec = CHEETAH) -> Path:
 
 
 class ProcessService:
-    """``robot-sac serve`` in a subprocess, for tests that kill it."""
+    """``robot-sac serve`` in a subprocess, for tests that kill it (started, waited for and
+    stopped by :mod:`robot_sac.processes`, as `up` starts its service)."""
 
     def __init__(self, data_dir: Path, task_file: Path, port: int | None = None, **env: str):
         self.data_dir, self.task_file = data_dir, task_file
@@ -98,50 +97,21 @@ class ProcessService:
         self.log = data_dir.parent / f"service-{self.port}.log"
 
     def start(self, timeout: float = 60.0) -> ProcessService:
-        cmd = [
-            sys.executable,
-            "-m",
-            "robot_sac.cli",
-            "serve",
-            "--task",
-            str(self.task_file),
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        wait_ready(self.url, timeout, self.proc)
+        args = ["serve", "--task", str(self.task_file), "--data-dir", str(self.data_dir)]
+        args += ["--port", str(self.port), "--log-level", "warning"]
+        self.proc = processes.spawn(args, self.log, env=self.env)
+        processes.wait_ready(self.url, self.proc, self.log, timeout=timeout)
         return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL: no shutdown handler runs."""
+        processes.kill(self.proc)
 
     def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        return self.proc.wait(timeout=30)
-
-
-def wait_ready(
-    url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the service exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+        """SIGTERM (the clean stop); its exit code (-9 if it had to be killed after 30 s)."""
+        code = processes.stop(self.proc, 30)
+        assert code is not None, "never started"
+        return code
 
 
 def transition(
@@ -173,36 +143,22 @@ class LearnerProcess:
         self.log = data_dir.parent / "learner.log"
 
     def start(self) -> LearnerProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "robot_sac.cli",
-            "learn",
-            "--task",
-            str(self.task_file),
-            "--data-dir",
-            str(self.data_dir),
-            "--no-progress",
-            "--log-level",
-            "warning",
-        ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        args = ["learn", "--task", str(self.task_file), "--data-dir", str(self.data_dir)]
+        args += ["--no-progress", "--log-level", "warning"]
+        self.proc = processes.spawn(args, self.log, env=self.env)
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)
 
     def terminate(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        return self.proc.wait(timeout=timeout)
+        """SIGTERM (it publishes, checkpoints and exits 0); -9 if it had to be killed."""
+        code = processes.stop(self.proc, timeout)
+        assert code is not None, "never started"
+        return code
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -5,10 +5,11 @@ and it does so only inside the commands that need them, so ``import robot_sac.cl
 
 One module per concern: :mod:`~robot_sac.cli.app` (the typer app, shared options, ``main``),
 :mod:`~robot_sac.cli.run` (serve, learn, sim), :mod:`~robot_sac.cli.up` (``up``, with
-:mod:`~robot_sac.cli.supervisor` and :mod:`~robot_sac.cli.live`), :mod:`~robot_sac.cli.operate`
-(the operator's commands, over :mod:`~robot_sac.cli.admin_client`, printed by
-:mod:`~robot_sac.cli.views`), :mod:`~robot_sac.cli.plot` and :mod:`~robot_sac.cli.train_local`;
-:mod:`~robot_sac.cli.extras` says which extra a command needs where it is not installed.
+:mod:`~robot_sac.cli.live`; its parts run under :mod:`robot_sac.processes`),
+:mod:`~robot_sac.cli.operate` (the operator's commands, over :mod:`~robot_sac.cli.admin_client`,
+printed by :mod:`~robot_sac.cli.views`), :mod:`~robot_sac.cli.plot` and
+:mod:`~robot_sac.cli.train_local`; :mod:`~robot_sac.cli.extras` says which extra a command needs
+where it is not installed.
 """
 
 from __future__ import annotations

@@ -235,10 +235,12 @@ def sim(
     Each robot is its own process with its own physics client. Episode returns (and success, for
     the Panda tasks) are reported per policy version; demonstrations, and episodes the expert
     took over, on lines of their own. A restart of the service is ridden out: robots wait, retry
-    and go on, losing no transition.
+    and go on, losing no transition. SIGTERM and SIGHUP stop it as Ctrl-C does; the robots also
+    stop when it is killed.
     """
     from rich.console import Console
 
+    from robot_sac.processes import stop_signals
     from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
 
@@ -254,18 +256,21 @@ def sim(
     ).start()
     reports: list[Any] = []
     console.print(f"{robots} simulated robots on {env} -> {url} (Ctrl-C stops them cleanly)")
-    try:
-        last = time.monotonic()
-        while not fleet.done:
-            reports += fleet.reports()
-            if time.monotonic() - last >= 5.0 and reports:
-                console.print(_episode_summary(reports))
-                last = time.monotonic()
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        console.print("stopping the robots (they flush their transitions first)...")
-    finally:
-        fleet.stop()
+    # SIGTERM and SIGHUP stop the robots as Ctrl-C does: each flushes its transitions first
+    with stop_signals() as signals:
+        try:
+            last = time.monotonic()
+            while not fleet.done:
+                reports += fleet.reports()
+                if time.monotonic() - last >= 5.0 and reports:
+                    console.print(_episode_summary(reports))
+                    last = time.monotonic()
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            console.print("stopping the robots (they flush their transitions first)...")
+        finally:
+            signals.begin()
+            fleet.stop()
     reports += fleet.reports()
     if reports:
         console.print(_episode_summary(reports))

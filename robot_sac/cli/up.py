@@ -60,13 +60,15 @@ def up(
     robots at their control rate would. With --steps it stops by itself; Ctrl-C stops everything
     cleanly (the learner checkpoints); running it again on the same data directory resumes.
     With --demos and --intervene a scripted expert stands in for a teleoperator (none unless
-    asked).
+    asked). SIGTERM and SIGHUP (a closed terminal) stop it as Ctrl-C does; its parts also end
+    when it is killed.
     """
     import signal
 
     from rich.console import Console
 
-    from robot_sac.cli import live, supervisor
+    from robot_sac import processes
+    from robot_sac.cli import live
     from robot_sac.cli.resolve import task_spec
     from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
@@ -82,7 +84,7 @@ def up(
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
-    port = port if supervisor.port_free(port) else supervisor.free_port()
+    port = port if processes.port_free(port) else processes.free_port()
     url = f"http://127.0.0.1:{port}"
     # Tokens in the environment reach the service (it reads them itself); the robots act with
     # the robot token, and the live view and the robots' pacing read the status with the
@@ -96,52 +98,55 @@ def up(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     fleet = None
     failure = None
-    try:
-        console.print(f"[bold]robot-sac up[/]: {env}, {robots} robots, data in {data_dir}")
-        service_args = ["serve", "--env", env, "--data-dir", str(data_dir), "--port", str(port)]
-        procs["service"] = supervisor.spawn(
-            [*service_args, "--log-level", "warning"], logs / "service.log"
-        )
-        supervisor.wait_ready(url, procs["service"], logs / "service.log")
-        learner_args = ["learn", "--env", env, "--data-dir", str(data_dir), "--no-progress"]
-        procs["learner"] = supervisor.spawn(
-            [
-                *learner_args,
-                *("--threads", "1", "--publish-every", str(publish_every)),
-                # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
-                # (about 0.3 MB a version), unless the user chose their own retention.
-                *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
-                *([] if sac is None else ["--sac", sac]),
-                *("--log-level", "warning"),
-            ],
-            logs / "learner.log",
-        )
-        per_robot = None if steps is None else -(-steps // robots)
-        fleet = Fleet(
-            url,
-            env,
-            robots,
-            per_robot,
-            seed,
-            token=robot_token,
-            status_token=status_token,
-            pace=True,
-            demos=demos,
-            intervene=intervene,
-        ).start()
-        live.watch(console, url, fleet, procs, spec.name, status_token)
-        if steps is not None:
-            _wait_for_learner(url, spec, steps, procs["learner"], status_token)
-    except KeyboardInterrupt:
-        console.print("stopping: robots flush their transitions, the learner checkpoints...")
-    except RuntimeError as exc:  # a part failed to start or exited: said once it is all stopped
-        failure = str(exc)
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        supervisor.stop(procs.get("learner"), 120)
-        summary = live.fetch_status(url, status_token)
-        supervisor.stop(procs.get("service"), 30)
+    # SIGTERM and SIGHUP stop it as Ctrl-C does: the parts stop in order, cleanly
+    with processes.stop_signals() as signals:
+        try:
+            console.print(f"[bold]robot-sac up[/]: {env}, {robots} robots, data in {data_dir}")
+            service_args = ["serve", "--env", env, "--data-dir", str(data_dir), "--port", str(port)]
+            procs["service"] = processes.spawn(
+                [*service_args, "--log-level", "warning"], logs / "service.log"
+            )
+            processes.wait_ready(url, procs["service"], logs / "service.log", name="the service")
+            learner_args = ["learn", "--env", env, "--data-dir", str(data_dir), "--no-progress"]
+            procs["learner"] = processes.spawn(
+                [
+                    *learner_args,
+                    *("--threads", "1", "--publish-every", str(publish_every)),
+                    # `up` publishes often: keep every 10th version too, for `plot`'s learning curve
+                    # (about 0.3 MB a version), unless the user chose their own retention.
+                    *([] if "ROBOT_SAC_KEEP_EVERY" in os.environ else ["--keep-every", "10"]),
+                    *([] if sac is None else ["--sac", sac]),
+                    *("--log-level", "warning"),
+                ],
+                logs / "learner.log",
+            )
+            per_robot = None if steps is None else -(-steps // robots)
+            fleet = Fleet(
+                url,
+                env,
+                robots,
+                per_robot,
+                seed,
+                token=robot_token,
+                status_token=status_token,
+                pace=True,
+                demos=demos,
+                intervene=intervene,
+            ).start()
+            live.watch(console, url, fleet, procs, spec.name, status_token)
+            if steps is not None:
+                _wait_for_learner(url, spec, steps, procs["learner"], status_token)
+        except KeyboardInterrupt:
+            console.print("stopping: robots flush their transitions, the learner checkpoints...")
+        except RuntimeError as exc:  # a part failed to start or exited: said once it is all stopped
+            failure = str(exc)
+        finally:
+            signals.begin()  # a SIGTERM or SIGHUP from here on must not cut the stop short
+            if fleet is not None:
+                fleet.stop()
+            processes.stop(procs.get("learner"), 120)
+            summary = live.fetch_status(url, status_token)
+            processes.stop(procs.get("service"), 30)
     if summary is not None:
         console.print(live.final_summary(summary, data_dir, env))
     # uvicorn re-raises the SIGTERM it was stopped with, so the service's clean exit is -15. The
