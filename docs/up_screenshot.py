@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from robot_sac.cli.live import fetch_status, view
-from robot_sac.cli.supervisor import free_port
+from robot_sac.processes import free_port
 
 OUT = Path(__file__).resolve().parent / "up.svg"
 TASK = "PandaReachDense-v3"
