@@ -32,26 +32,30 @@ EVAL_SEED = 1_000_000
 
 
 @contextmanager
-def _c_stdout_silenced() -> Iterator[None]:
-    """Send what C code prints on file descriptor 1 to /dev/null meanwhile.
+def _c_output_silenced(*fds: int) -> Iterator[None]:
+    """Send what C code writes on the file descriptors ``fds`` (1, 2) to /dev/null meanwhile.
 
-    PyBullet prints its connection arguments (``argv[0]=--background_color_red=...``) on the
-    process's stdout each time panda-gym starts a client; that would break ``--json``. Python's
-    own ``sys.stdout`` is untouched (nothing here prints during it).
+    PyBullet prints its build time on stderr when it is imported and its connection arguments
+    (``argv[0]=--background_color_red=...``) on stdout each time panda-gym starts a client: the
+    first would make an error two lines, the second would break ``--json``. Nothing of this
+    command prints while it is in force.
     """
     import ctypes
 
     sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
     libc = ctypes.CDLL(None)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = {fd: os.dup(fd) for fd in fds}
     try:
-        os.dup2(devnull, 1)
+        for fd in fds:
+            os.dup2(devnull, fd)
         yield
     finally:
-        libc.fflush(None)  # C's buffered output goes to /dev/null, not to the restored stdout
-        os.dup2(saved, 1)
-        os.close(saved)
+        libc.fflush(None)  # C's buffered output goes to /dev/null, not to the restored stream
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(devnull)
 
 
@@ -135,7 +139,7 @@ def eval_command(
         if loaded is None or loaded.task is None:
             raise fail("give --env ID: the Gymnasium env to evaluate in")
         env = loaded.task.name
-    with _c_stdout_silenced():
+    with _c_output_silenced(1):
         results = _play(env, loaded, url, token, episodes, seed, video, video_episodes, fps)
     summary = _summary(env, loaded, url, seed, results)
     if as_json:
@@ -153,7 +157,8 @@ def _make_env(env_id: str, video: bool) -> Any:
 
         kwargs = render_kwargs(env_id)
     try:
-        return make_env(env_id, **kwargs)
+        with _c_output_silenced(2):  # PyBullet's build time, printed when it is imported
+            return make_env(env_id, **kwargs)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken id
         raise fail(f"cannot make Gymnasium env {env_id!r}: {exc}") from None
 
