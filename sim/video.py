@@ -83,9 +83,11 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> None:
     path = Path(path)
     if path.suffix.lower() == ".gif":
         # GIF delays are in hundredths of a second; Pillow takes the duration in milliseconds
-        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
+        images: list[Any] = list(frames)  # imageio's annotation wants a list of array-likes
+        imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)
         return
-    # macro_block_size=1: write the size given (DEFAULT_WIDTH, DEFAULT_HEIGHT are multiples of 16)
+    # macro_block_size=1: keep the size rendered (DEFAULT_WIDTH and DEFAULT_HEIGHT are multiples
+    # of 16, as H.264 prefers; yuv420p needs even sizes, which the envs render)
     writer = imageio.get_writer(
         path, fps=fps, codec="libx264", quality=7, macro_block_size=1, pixelformat="yuv420p"
     )
