@@ -18,6 +18,14 @@ from robot_sac.sim.envs import PANDA_TASKS
 
 # MP4 encoders want sizes that are multiples of 16; these keep the file small and the arm visible.
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 480, 320
+# panda-gym's camera, closer than its default (which leaves the arm small in the frame): the
+# whole arm, the table's front edge and the goals in view.
+PANDA_CAMERA = {
+    "render_distance": 1.2,
+    "render_target_position": (-0.25, 0.0, 0.25),
+    "render_yaw": 50.0,
+    "render_pitch": -20.0,
+}
 
 
 def render_kwargs(
@@ -27,7 +35,8 @@ def render_kwargs(
     library takes one: panda-gym does; other envs render at their own size)."""
     kwargs: dict[str, Any] = {"render_mode": "rgb_array"}
     if env_id in PANDA_TASKS or env_id.startswith("Panda"):
-        kwargs.update(render_width=width, render_height=height)
+        kwargs.update(render_width=width, render_height=height, **PANDA_CAMERA)
+        kwargs["render_target_position"] = np.array(PANDA_CAMERA["render_target_position"])
     return kwargs
 
 
