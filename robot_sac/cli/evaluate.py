@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
     from robot_sac.train_local import Episode
 
-# robot_sac.train_local.EVAL_SEED, repeated so that `--help` needs no torch; a test keeps them equal
-EVAL_SEED = 1_000_000
-
 
 @contextmanager
 def _c_output_silenced(*fds: int) -> Iterator[None]:
@@ -101,13 +98,14 @@ def eval_command(
     ] = None,
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to play.")] = 20,
     seed: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
-            help="Seed of the first episode (episode i: seed + i). The default is far from every "
-            "seed training uses.",
+            help="Seed of the first episode (episode i: seed + i). Default: 1,000,000 "
+            "(robot_sac.train_local.EVAL_SEED), far from every seed training uses.",
+            show_default=False,
         ),
-    ] = EVAL_SEED,
+    ] = None,
     video: Annotated[
         Path | None,
         typer.Option(
@@ -135,6 +133,10 @@ def eval_command(
     if video is not None and video.suffix.lower() not in (".mp4", ".gif"):
         raise fail(f"--video {video}: give a .mp4 or .gif file")
     loaded = None if url is not None else load_version(file, data_dir, version)
+    if seed is None:
+        from robot_sac.train_local import EVAL_SEED
+
+        seed = EVAL_SEED
     if env is None:
         if loaded is None or loaded.task is None:
             raise fail("give --env ID: the Gymnasium env to evaluate in")
