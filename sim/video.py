@@ -40,6 +40,10 @@ def render_kwargs(
     return kwargs
 
 
+class RenderError(RuntimeError):
+    """The env did not give an RGB frame."""
+
+
 class FrameRecorder(gym.Wrapper):  # type: ignore[type-arg]
     """Keeps ``env.render()``'s frame after each reset and each step of the first ``episodes``
     episodes; ``frames`` holds them, ``episode_frames`` how many each recorded episode has.
@@ -61,9 +65,14 @@ class FrameRecorder(gym.Wrapper):  # type: ignore[type-arg]
         return 0 < self._resets <= self.episodes
 
     def _capture(self) -> None:
-        frame = self.env.render()
+        try:
+            frame = self.env.render()
+        except Exception as exc:  # a missing renderer (pygame for classic control), ...
+            raise RenderError(
+                f"{self.spec.id if self.spec else 'the env'} cannot render: {exc}"
+            ) from exc
         if not isinstance(frame, np.ndarray) or frame.ndim != 3:
-            raise RuntimeError(f"the env rendered {type(frame).__name__}, not an RGB frame")
+            raise RenderError(f"the env rendered {type(frame).__name__}, not an RGB frame")
         self.frames.append(np.ascontiguousarray(frame[..., :3], dtype=np.uint8))
         self.episode_frames[-1] += 1
 

@@ -244,6 +244,7 @@ def _rollouts(
     from rich.progress import Progress
 
     from robot_sac.client import ServiceError
+    from robot_sac.sim.video import RenderError  # gymnasium is loaded already; imageio is not
     from robot_sac.train_local import rollout
 
     played: list[Episode] = []
@@ -257,6 +258,8 @@ def _rollouts(
                 raise fail(f"the service at {url} refused an act: {exc}") from None
             except httpx.HTTPError as exc:
                 raise fail(f"cannot reach the service at {url}: {exc}") from None
+            except RenderError as exc:
+                raise fail(f"--video: {exc}") from None
             bar.advance(task)
     return played
 
