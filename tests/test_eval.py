@@ -129,6 +129,7 @@ def test_a_version_file_needs_env(panda: tuple[TaskSpec, Path]):
     assert done.stderr.strip() == "robot-sac: give --env ID: the Gymnasium env to evaluate in"
 
 
+@pytest.mark.slow  # end to end: a service process and two evaluations
 def test_url_evaluates_what_the_service_serves(tmp_path: Path, panda: tuple[TaskSpec, Path]):
     spec, data = panda
     # A service of its own, on a copy of the data directory (it serves the newest: v1).
@@ -151,6 +152,7 @@ def test_url_evaluates_what_the_service_serves(tmp_path: Path, panda: tuple[Task
     assert via_url["lengths"] == direct["lengths"]
 
 
+@pytest.mark.slow  # renders and encodes frames, then plays the episodes again without
 def test_video_has_one_frame_per_reset_and_step(tmp_path: Path, panda: tuple[TaskSpec, Path]):
     import imageio.v3 as iio
 
