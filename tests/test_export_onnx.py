@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -20,9 +22,6 @@ from robot_sac.normalization import ObsNormalization
 from robot_sac.policy import load_policy, policy_bytes
 from robot_sac.schemas import TaskSpec
 from robot_sac.store import open_store
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
 
 # Uneven bounds and a safe action that is not the centre: a wrong affine map or a wrong
 # replacement shows.
