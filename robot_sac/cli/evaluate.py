@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, EnvOption, app, fail
-from robot_sac.cli.versions import FileArgument, VersionOption, load_version
+from robot_sac.cli.versions import FileArgument, LoadedVersion, VersionOption, load_version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,12 +151,18 @@ def eval_command(
 
 
 def _make_env(env_id: str, video: bool) -> Any:
-    from robot_sac.sim.envs import make_env
-
+    try:
+        from robot_sac.sim.envs import make_env
+    except ImportError as exc:
+        raise fail(f"eval needs the simulators: pip install 'robot-sac[sim]' ({exc})") from None
     kwargs: dict[str, Any] = {}
     if video:
         from robot_sac.sim.video import render_kwargs
 
+        try:
+            import imageio  # noqa: F401  (checked before any episode is played)
+        except ImportError as exc:
+            raise fail(f"--video needs imageio: pip install 'robot-sac[video]' ({exc})") from None
         kwargs = render_kwargs(env_id)
     try:
         with _c_output_silenced(2):  # PyBullet's build time, printed when it is imported
@@ -167,7 +173,7 @@ def _make_env(env_id: str, video: bool) -> Any:
 
 def _play(
     env_id: str,
-    loaded: Any,
+    loaded: LoadedVersion | None,
     url: str | None,
     token: str | None,
     episodes: int,
@@ -265,7 +271,7 @@ def _rollouts(
 
 
 def _summary(
-    env_id: str, loaded: Any, url: str | None, seed: int, results: dict[str, Any]
+    env_id: str, loaded: LoadedVersion | None, url: str | None, seed: int, results: dict[str, Any]
 ) -> dict[str, Any]:
     import numpy as np
 
