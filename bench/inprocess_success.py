@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_SEED = 1_000_000  # as bench/learning_curves.py
 
 
 def run_seed(env_id: str, seed: int, steps: int, episodes: int) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def run_seed(env_id: str, seed: int, steps: int, episodes: int) -> dict[str, Any
     import torch
 
     from robot_sac.sim.envs import make_env, task_spec
-    from robot_sac.train_local import ActionScaler, rollout, train_local
+    from robot_sac.train_local import EVAL_SEED, ActionScaler, rollout, train_local
 
     torch.set_num_threads(1)
     spec = task_spec(env_id)

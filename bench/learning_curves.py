@@ -37,11 +37,10 @@ from robot_sac.config import tuned_config
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
-from robot_sac.train_local import rollout
+from robot_sac.train_local import EVAL_SEED, rollout
 
 ENV = "PandaReachDense-v3"
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_SEED = 1_000_000  # far from any seed the runs use
 EVERY = 250  # evaluation spacing, in updates (ours) and steps (SB3)
 LABELS = {"ours": "robot_sac up (service + learner + 2 robots)", "sb3": "SB3 SAC in-process"}
 

@@ -37,10 +37,9 @@ from robot_sac import processes
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
-from robot_sac.train_local import evaluate
+from robot_sac.train_local import EVAL_SEED, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_SEED = 1_000_000  # far from any seed the runs use
 
 
 def score(env_id: str, act: Any, episodes: int) -> list[float]:

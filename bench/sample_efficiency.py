@@ -43,9 +43,8 @@ from learning_curves import ROOT, sb3_sac, standard_error, up_command
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
-from robot_sac.train_local import rollout
+from robot_sac.train_local import EVAL_SEED, rollout
 
-EVAL_SEED = 1_000_000  # far from any seed the runs use
 DEMO_OPTIONS = {
     "PandaReachDense-v3": ["--demos", "10", "--sac", '{"utd": 3}'],
     "PandaPushDense-v3": [

@@ -54,6 +54,12 @@ class ActionScaler:
         return np.clip(2.0 * (action - self.low) / (self.high - self.low) - 1.0, -1.0, 1.0)
 
 
+# The first seed of a final, held-out evaluation (`robot-sac eval`, the benchmarks): episode i
+# is reset with EVAL_SEED + i, far from every seed a training run uses (robots are seeded from
+# small numbers, train_local's periodic evaluations from 10_000 + 1000 * seed).
+EVAL_SEED = 1_000_000
+
+
 @dataclass(frozen=True)
 class Episode:
     """One evaluation episode: its return, length, and success when the env reports one."""

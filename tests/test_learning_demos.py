@@ -23,13 +23,12 @@ import pytest
 from robot_sac.policy import load_policy
 from robot_sac.sim.envs import make_env
 from robot_sac.store import open_existing
-from robot_sac.train_local import rollout
+from robot_sac.train_local import EVAL_SEED, rollout
 from tests.servers import free_port
 
 ENV = "PandaReachDense-v3"
 STEPS = 1500
 DEMOS = 10
-EVAL_SEED = 1_000_000  # far from the robots' seeds
 
 
 @pytest.mark.slow

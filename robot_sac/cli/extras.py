@@ -36,7 +36,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "sim": ("sim",),
     "up": ("service", "learner", "sim"),
     "eval": ("learner", "sim"),
-    "export-onnx": ("learner",),
+    "export-onnx": ("learner", "export"),
     **dict.fromkeys(OPERATOR_COMMANDS, ("cli",)),
     "plot": ("learner",),
     "train-local": ("learner", "sim"),
@@ -54,6 +54,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("tensorboard", "matplotlib"), ("learner",)),
     **dict.fromkeys(("gymnasium", "pybullet", "pybullet_envs_gymnasium", "panda_gym"), ("sim",)),
     **dict.fromkeys(("psycopg", "psycopg_pool"), ("postgres",)),
+    **dict.fromkeys(("onnx", "onnxruntime"), ("export",)),
+    **dict.fromkeys(("imageio", "imageio_ffmpeg"), ("video",)),
 }
 
 
