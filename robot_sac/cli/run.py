@@ -51,13 +51,9 @@ def serve(
     """
     import logging
 
-    import uvicorn
-
-    from robot_sac.services.inference import create_app
-    from robot_sac.services.inference.server import server_config
-
-    # Everything is checked before anything is created: a bad flag, setting, task, device or
-    # data directory, or a store of another task, is one line and exit 2 (resolve's checks).
+    # Everything is checked before anything is created, the cheap checks before the imports of
+    # torch and the service: a bad flag, setting, task, data directory or device, or a store of
+    # another task, is one line and exit 2 (resolve's checks).
     spec = resolve.task_spec(env, task)
     settings = resolve.settings(
         data_dir=data_dir,
@@ -74,13 +70,19 @@ def serve(
             "drive the robots. Set ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN, or bind "
             "127.0.0.1."
         )
-    resolve.device(settings.device)
     if settings.store_url is None:  # the SQLite store lives in the data directory
         resolve.data_dir(settings.data_dir)
+    resolve.device(settings.device)
     # Opened here to be refused here (another task's data, a schema this version cannot read),
     # not in the service's start-up, where the reason would end a traceback. The service opens
     # its own, with the short waits that suit requests.
     resolve.open_store(spec, settings).close()
+
+    import uvicorn
+
+    from robot_sac.services.inference import create_app
+    from robot_sac.services.inference.server import server_config
+
     logging.basicConfig(
         level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -137,9 +139,6 @@ def learn(
     import signal
     import threading
 
-    from robot_sac.devices import set_cpu_threads
-    from robot_sac.services.learner import Learner
-
     spec = resolve.task_spec(env, task, sac)
     settings = resolve.settings(
         data_dir=data_dir,
@@ -150,8 +149,12 @@ def learn(
         keep_versions=keep_versions,
         keep_every=keep_every,
     )
-    dev = resolve.device(settings.device)
     resolve.data_dir(settings.data_dir)  # the checkpoint lives there whatever the store
+    dev = resolve.device(settings.device)
+
+    from robot_sac.devices import set_cpu_threads
+    from robot_sac.services.learner import Learner
+
     logging.basicConfig(
         level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -263,7 +266,6 @@ def sim(
     from rich.console import Console
 
     from robot_sac.sim.experts import expert_for
-    from robot_sac.sim.fleet import Fleet
 
     resolve.task_spec(env, None)  # an unknown env, or one SAC cannot act in: one line here
     if demos or intervene:
@@ -271,6 +273,8 @@ def sim(
             expert_for(env)
         except ValueError as exc:
             raise refuse(f"--demos and --intervene need a scripted expert: {exc}") from None
+    from robot_sac.sim.fleet import Fleet
+
     console = Console()
     per_robot = None if steps is None else -(-steps // robots)
     fleet = Fleet(

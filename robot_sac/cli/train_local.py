@@ -45,6 +45,12 @@ def train_local_command(
     A check of the algorithm on its own; the product loop is the service, the transition log and
     the learner. Writes the final policy as a version file that `load_policy` reads.
     """
+    # Checked before training: the env, the settings, where the results go and the device.
+    spec = resolve.task_spec(env, None, config, sac_flag="--config")
+    cfg = spec.sac
+    resolve.writable_dir(out, "--out")
+    dev = resolve.device(device)
+
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -55,11 +61,6 @@ def train_local_command(
     from robot_sac.train_local import evaluate, train_local
 
     console = Console()
-    # Checked before training: the env, the settings, the device and where the results go.
-    spec = resolve.task_spec(env, None, config, sac_flag="--config")
-    cfg = spec.sac
-    dev = resolve.device(device)
-    resolve.writable_dir(out, "--out")
     n_threads = set_cpu_threads(threads)
     train_env, eval_env = make_env(env), make_env(env)
     console.print(
