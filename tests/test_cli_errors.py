@@ -26,7 +26,13 @@ import pytest
 from robot_sac.config import SACConfig
 from robot_sac.schemas import TaskSpec, Transition
 from robot_sac.store import open_existing, open_store
-from tests.servers import ThreadService, start_thread_service, write_task
+from tests.servers import (
+    ProcessService,
+    StoreLock,
+    ThreadService,
+    start_thread_service,
+    write_task,
+)
 
 ARM = TaskSpec(
     name="arm",
@@ -207,6 +213,22 @@ def test_a_data_directory_of_another_task_is_refused_and_left_as_it_was(
         assert store.list_policies() == [] and store.transition_count() == 0
     finally:
         store.close()
+
+
+def test_serve_waits_for_a_store_another_process_holds_at_start(work: Path) -> None:
+    """serve opens the store before it starts the service (to refuse another task's): a store
+    that is only busy is waited for, as the service's own start-up does, not refused."""
+    data = work / "data"
+    open_store(ARM, data).close()
+    lock = StoreLock(data / "store.sqlite")
+    releaser = threading.Timer(2.0, lock.release)
+    releaser.start()
+    svc = ProcessService(data, work / "arm.json")
+    try:
+        svc.start(timeout=120)  # ready once the lock is gone
+    finally:
+        releaser.join()
+        svc.terminate()
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
-from robot_sac.cli.app import refuse
+from robot_sac.cli.app import fail, refuse, say_error
 
 if TYPE_CHECKING:  # imported for real inside the functions, so `robot-sac --help` stays light
     import torch
@@ -243,16 +243,29 @@ def data_dir(path: Path) -> None:
     writable_dir(path, "data directory", DATA_DIR_ENTRIES)
 
 
-def open_store(spec: TaskSpec, settings: Settings, **kwargs: Any) -> Store:
-    """The store ``settings`` name, for ``spec``; a store of another task, a schema this version
-    cannot read or a bad URL is refused (one line). A refused store is left as it was."""
-    from robot_sac.store import StoreError
+def open_store(spec: TaskSpec, settings: Settings, wait_s: float = 60.0) -> Store:
+    """The store ``settings`` name, for ``spec``. A store of another task, a schema this version
+    cannot read or a bad URL is refused (one line, exit 2; a refused store is left as it was); a
+    store that stays busy for ``wait_s`` (another process holds its lock) or cannot be reached
+    fails (one line, exit 1)."""
+    import time
+
+    from robot_sac.store import StoreBusy, StoreError, StoreUnavailable
     from robot_sac.store import open_store as open_
 
-    try:
-        return open_(spec, settings.data_dir, settings.store_url, **kwargs)
-    except StoreError as exc:
-        raise refuse(str(exc)) from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_(spec, settings.data_dir, settings.store_url)
+        except StoreBusy as exc:
+            if time.monotonic() > deadline:
+                raise fail(str(exc)) from None
+            say_error(f"waiting for the store: {exc}")
+            time.sleep(0.5)
+        except StoreUnavailable as exc:  # down, or not a store: not the command line's fault
+            raise fail(str(exc)) from None
+        except StoreError as exc:
+            raise refuse(str(exc)) from None
 
 
 def is_loopback(host: str) -> bool:
