@@ -115,6 +115,11 @@ CASES = {
         {},
         ["--env", "'Nope-v0'"],
     ),
+    "sim a malformed service URL": (
+        ("sim", *PENDULUM, "--steps", "10", "--url", "localhost:8000"),
+        {},
+        ["--url", "'localhost:8000' is not a service URL"],
+    ),
     "serve discrete actions": (
         ("serve", "--env", "CartPole-v1", *DATA),
         {},

@@ -268,6 +268,23 @@ def open_store(spec: TaskSpec, settings: Settings, wait_s: float = 60.0) -> Stor
             raise refuse(str(exc)) from None
 
 
+def service_url(url: str) -> str:
+    """``url`` if it can name a service (http or https, with a host), else refused (one line):
+    robots given a malformed one would retry it for ever."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port raises ValueError for a bad one)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{url!r}: {exc}", param_hint="--url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(
+            f"{url!r} is not a service URL: use http://HOST:PORT", param_hint="--url"
+        )
+    return url
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the service on this machine."""
     import ipaddress

@@ -267,6 +267,7 @@ def sim(
 
     from robot_sac.sim.experts import expert_for
 
+    resolve.service_url(url)
     resolve.task_spec(env, None)  # an unknown env, or one SAC cannot act in: one line here
     if demos or intervene:
         try:
