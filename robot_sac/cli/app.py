@@ -45,6 +45,9 @@ DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_
 StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
 
 
+DEVICE_METAVAR = "<auto|cpu|cuda|cuda:N>"
+
+
 def parse_device(value: str) -> str:
     """A --device value, refused at parse time (a usage error) unless it is one of the choices."""
     from robot_sac.settings import check_device_name
@@ -58,7 +61,7 @@ def parse_device(value: str) -> str:
 DeviceOption = Annotated[
     str | None,
     typer.Option(
-        parser=parse_device, metavar="auto|cpu|cuda|cuda:N", help="Torch device (ROBOT_SAC_DEVICE)."
+        parser=parse_device, metavar=DEVICE_METAVAR, help="Torch device (ROBOT_SAC_DEVICE)."
     ),
 ]
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from robot_sac.cli import resolve
-from robot_sac.cli.app import TOOLS_PANEL, app, parse_device
+from robot_sac.cli.app import DEVICE_METAVAR, TOOLS_PANEL, app, parse_device
 
 
 @app.command("train-local", rich_help_panel=TOOLS_PANEL)
@@ -28,7 +28,7 @@ def train_local_command(
         Path, typer.Option(help="Folder for the final policy version file and a results JSON.")
     ] = Path("runs/train-local"),
     device: Annotated[
-        str, typer.Option(parser=parse_device, metavar="auto|cpu|cuda|cuda:N", help="Torch device.")
+        str, typer.Option(parser=parse_device, metavar=DEVICE_METAVAR, help="Torch device.")
     ] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all cores).")] = 0,
     config: Annotated[
