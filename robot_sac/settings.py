@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A token shorter than this is guessable; secrets.token_urlsafe() makes a good one (43 characters).
 MIN_TOKEN_LENGTH = 16
+
+# The devices a process may be given: robot_sac.devices.resolve_device maps each to a torch device.
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is one of :data:`DEVICE_CHOICES`, else a ValueError saying so."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a device: use {DEVICE_CHOICES}")
+    return name
 
 
 class Settings(BaseSettings):
@@ -23,7 +35,7 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         default=None, description="postgresql://... for a fleet; default: SQLite in data_dir."
     )
-    device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
+    device: str = Field(default="auto", description=f"{DEVICE_CHOICES}.")
 
     # the inference service
     host: str = "127.0.0.1"
@@ -140,6 +152,11 @@ class Settings(BaseSettings):
         description="Retention: also keep every version whose number is a multiple of K, a "
         "sparse history (0: none).",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device_name(value)
 
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:

@@ -9,6 +9,7 @@ that need them, so ``robot-sac --help`` and the operator commands start fast.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -42,8 +43,39 @@ TaskOption = Annotated[
 ]
 DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (ROBOT_SAC_DATA_DIR).")]
 StoreUrlOption = Annotated[str | None, typer.Option(help="postgresql://... (ROBOT_SAC_STORE_URL).")]
-DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda (ROBOT_SAC_DEVICE).")]
-LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+DEVICE_METAVAR = "<auto|cpu|cuda|cuda:N>"
+
+
+def parse_device(value: str) -> str:
+    """A --device value, refused at parse time (a usage error) unless it is one of the choices."""
+    from robot_sac.settings import check_device_name
+
+    try:
+        return check_device_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        parser=parse_device, metavar=DEVICE_METAVAR, help="Torch device (ROBOT_SAC_DEVICE)."
+    ),
+]
+
+
+class LogLevel(str, Enum):
+    """The --log-level choices: Python's logging levels a user may want."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOption = Annotated[LogLevel, typer.Option(case_sensitive=False, help="How much to log.")]
 # A scripted expert standing in for a teleoperator (the Panda reach and push tasks have one);
 # the rule's figures are robot_sac.sim.robot.InterventionRule's defaults.
 DemosOption = Annotated[
@@ -93,10 +125,21 @@ def _main(
     """robot_sac: Soft Actor-Critic for robots that learn while they work."""
 
 
+# The exit status of a usage or configuration error (a bad flag, setting, task or data directory),
+# as click gives its own usage errors; a failure at run time exits 1.
+USAGE_ERROR = 2
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``robot-sac: <message>`` as one line on stderr; the caller raises what this returns."""
     say_error(message)
     return typer.Exit(code)
+
+
+def refuse(message: str) -> typer.Exit:
+    """:func:`fail` for a usage or configuration error: one line, exit :data:`USAGE_ERROR`. Said
+    before the command creates anything."""
+    return fail(message, USAGE_ERROR)
 
 
 def say_error(message: str) -> None:
@@ -118,7 +161,9 @@ def main() -> None:
             sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        say_error(f"{exc.format_message()}{hint}")
+        # typer checks choices with pydantic, whose messages start "Value error, "
+        message = exc.format_message().replace("Value error, ", "")
+        say_error(f"{message}{hint}")
         sys.exit(exc.exit_code)
     except typer.Abort:  # end of input or Ctrl-C at a prompt
         sys.exit(130)

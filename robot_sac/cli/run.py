@@ -18,12 +18,13 @@ from robot_sac.cli.app import (
     DeviceOption,
     EnvOption,
     InterveneOption,
+    LogLevel,
     LogLevelOption,
     SacOption,
     StoreUrlOption,
     TaskOption,
     app,
-    fail,
+    refuse,
 )
 
 
@@ -40,7 +41,7 @@ def serve(
         int | None, typer.Option(help="Most observations per forward pass.")
     ] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="Extra batching window in ms.")] = None,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run the inference service: actions over HTTP, the transition log, the operator's controls.
 
@@ -50,11 +51,9 @@ def serve(
     """
     import logging
 
-    import uvicorn
-
-    from robot_sac.services.inference import create_app
-    from robot_sac.services.inference.server import server_config
-
+    # Everything is checked before anything is created, the cheap checks before the imports of
+    # torch and the service: a bad flag, setting, task, data directory or device, or a store of
+    # another task, is one line and exit 2 (resolve's checks).
     spec = resolve.task_spec(env, task)
     settings = resolve.settings(
         data_dir=data_dir,
@@ -66,15 +65,26 @@ def serve(
         max_wait_ms=max_wait_ms,
     )
     if not settings.auth_enabled and not resolve.is_loopback(settings.host):
-        typer.echo(
+        raise refuse(
             f"refusing to serve on {settings.host} without tokens: anyone who can reach it could "
             "drive the robots. Set ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN, or bind "
-            "127.0.0.1.",
-            err=True,
+            "127.0.0.1."
         )
-        raise typer.Exit(2)
+    if settings.store_url is None:  # the SQLite store lives in the data directory
+        resolve.data_dir(settings.data_dir)
+    resolve.device(settings.device)
+    # Opened here to be refused here (another task's data, a schema this version cannot read),
+    # not in the service's start-up, where the reason would end a traceback. The service opens
+    # its own, with the short waits that suit requests.
+    resolve.open_store(spec, settings).close()
+
+    import uvicorn
+
+    from robot_sac.services.inference import create_app
+    from robot_sac.services.inference.server import server_config
+
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not settings.auth_enabled:
         typer.echo(f"no tokens configured: serving without authentication on {settings.host} only")
@@ -85,7 +95,7 @@ def serve(
     for warning in settings.token_warnings():
         typer.echo(f"warning: {warning}", err=True)
     uvicorn.Server(
-        server_config(create_app(settings, spec), settings, log_level=log_level.lower())
+        server_config(create_app(settings, spec), settings, log_level=log_level.value)
     ).run()
 
 
@@ -118,7 +128,7 @@ def learn(
     max_updates: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     sac: SacOption = None,
     progress: Annotated[bool, typer.Option(help="Show a live status line.")] = True,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run the learner: tail the transition log, train SAC, publish policy versions.
 
@@ -128,10 +138,6 @@ def learn(
     import logging
     import signal
     import threading
-
-    from robot_sac.devices import resolve_device, set_cpu_threads
-    from robot_sac.services.learner import Learner
-    from robot_sac.store import open_store
 
     spec = resolve.task_spec(env, task, sac)
     settings = resolve.settings(
@@ -143,19 +149,25 @@ def learn(
         keep_versions=keep_versions,
         keep_every=keep_every,
     )
+    resolve.data_dir(settings.data_dir)  # the checkpoint lives there whatever the store
+    dev = resolve.device(settings.device)
+
+    from robot_sac.devices import set_cpu_threads
+    from robot_sac.services.learner import Learner
+
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    dev = resolve_device(settings.device)
     if dev.type == "cpu":
         set_cpu_threads(settings.learner_threads, spare=1)
-    store = open_store(spec, settings.data_dir, settings.store_url)
+    store = resolve.open_store(spec, settings)
     learner = Learner(settings, spec, store, dev)
     try:
         _start_learner(learner, progress)
+        _say_if_waiting(learner, store.where)
         _run_learner(learner, stop, max_updates, progress)
     finally:
         learner.close()
@@ -177,6 +189,20 @@ def _start_learner(learner, progress: bool) -> None:  # type: ignore[no-untyped-
     ) as bar:
         task = bar.add_task("replay", total=None)
         learner.start(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _say_if_waiting(learner, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Say once, at start, that the learner waits for data and where it looks for it: a learner
+    on an empty store would otherwise wait in silence."""
+    have = len(learner.replay)
+    need = min(learner.cfg.learning_starts, learner.cfg.buffer_size)
+    if have == 0:
+        typer.echo(
+            f"waiting for transitions in {where}: none logged yet (robots log them through "
+            "`robot-sac serve`; `robot-sac sim` runs simulated ones)"
+        )
+    elif have < need:
+        typer.echo(f"waiting for transitions in {where}: {have} logged, learning starts at {need}")
 
 
 def _run_learner(learner, stop, max_updates: int | None, progress: bool) -> None:  # type: ignore[no-untyped-def]
@@ -242,13 +268,16 @@ def sim(
 
     from robot_sac.processes import stop_signals
     from robot_sac.sim.experts import expert_for
-    from robot_sac.sim.fleet import Fleet
 
+    resolve.service_url(url)
+    resolve.task_spec(env, None)  # an unknown env, or one SAC cannot act in: one line here
     if demos or intervene:
         try:
             expert_for(env)
         except ValueError as exc:
-            raise fail(f"--demos and --intervene need a scripted expert: {exc}") from None
+            raise refuse(f"--demos and --intervene need a scripted expert: {exc}") from None
+    from robot_sac.sim.fleet import Fleet
+
     console = Console()
     per_robot = None if steps is None else -(-steps // robots)
     fleet = Fleet(
@@ -256,14 +285,23 @@ def sim(
     ).start()
     reports: list[Any] = []
     console.print(f"{robots} simulated robots on {env} -> {url} (Ctrl-C stops them cleanly)")
+    shown = ""  # the summary last printed: one is printed only when it says something new
+
+    def show_summary() -> None:
+        nonlocal shown
+        summary = _episode_summary(reports) if reports else ""
+        if summary != shown:
+            console.print(summary)
+            shown = summary
+
     # SIGTERM and SIGHUP stop the robots as Ctrl-C does: each flushes its transitions first
     with stop_signals() as signals:
         try:
             last = time.monotonic()
             while not fleet.done:
                 reports += fleet.reports()
-                if time.monotonic() - last >= 5.0 and reports:
-                    console.print(_episode_summary(reports))
+                if time.monotonic() - last >= 5.0:
+                    show_summary()
                     last = time.monotonic()
                 time.sleep(0.1)
         except KeyboardInterrupt:
@@ -272,8 +310,7 @@ def sim(
             signals.begin()
             fleet.stop()
     reports += fleet.reports()
-    if reports:
-        console.print(_episode_summary(reports))
+    show_summary()
     if fleet.failed:
         raise typer.Exit(1)
 

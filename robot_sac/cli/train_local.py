@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from robot_sac.cli.app import TOOLS_PANEL, app
+from robot_sac.cli import resolve
+from robot_sac.cli.app import DEVICE_METAVAR, TOOLS_PANEL, app, parse_device
 
 
 @app.command("train-local", rich_help_panel=TOOLS_PANEL)
@@ -26,11 +27,16 @@ def train_local_command(
     out: Annotated[
         Path, typer.Option(help="Folder for the final policy version file and a results JSON.")
     ] = Path("runs/train-local"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str, typer.Option(parser=parse_device, metavar=DEVICE_METAVAR, help="Torch device.")
+    ] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all cores).")] = 0,
     config: Annotated[
         str | None,
-        typer.Option(help="SAC settings as JSON over the task defaults, e.g. '{\"lr\": 0.001}'."),
+        typer.Option(
+            help="SAC settings as JSON over the task defaults, e.g. '{\"lr\": 0.001}' (an unknown "
+            "key is refused)."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -39,27 +45,24 @@ def train_local_command(
     A check of the algorithm on its own; the product loop is the service, the transition log and
     the learner. Writes the final policy as a version file that `load_policy` reads.
     """
+    # Checked before training: the env, the settings, where the results go and the device.
+    spec = resolve.task_spec(env, None, config, sac_flag="--config")
+    cfg = spec.sac
+    resolve.writable_dir(out, "--out")
+    dev = resolve.device(device)
+
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from robot_sac.config import SACConfig, tuned_config
-    from robot_sac.devices import resolve_device, set_cpu_threads
+    from robot_sac.devices import set_cpu_threads
     from robot_sac.policy import load_policy, save_policy
-    from robot_sac.sim.envs import make_env, task_spec_from_env
+    from robot_sac.sim.envs import make_env
     from robot_sac.train_local import evaluate, train_local
 
     console = Console()
-    try:
-        overrides = json.loads(config) if config else {}
-        cfg = tuned_config(env).model_copy(update=overrides)
-        cfg = SACConfig.model_validate(cfg.model_dump())  # re-validate the overrides
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from exc
     n_threads = set_cpu_threads(threads)
-    dev = resolve_device(device)
     train_env, eval_env = make_env(env), make_env(env)
-    spec = task_spec_from_env(train_env, sac=cfg)
     console.print(
         f"[bold]train-local[/] {env}: obs {spec.obs_dim}, actions {spec.action_dim}, "
         f"{steps} steps, seed {seed}, {dev}, {n_threads} threads"

@@ -17,7 +17,7 @@ from robot_sac.cli.app import (
     InterveneOption,
     SacOption,
     app,
-    fail,
+    refuse,
 )
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ def up(
     from rich.console import Console
 
     from robot_sac import processes
-    from robot_sac.cli import live
-    from robot_sac.cli.resolve import task_spec
+    from robot_sac.cli import live, resolve
     from robot_sac.sim.experts import expert_for
     from robot_sac.sim.fleet import Fleet
 
@@ -77,10 +76,12 @@ def up(
         try:
             expert_for(env)
         except ValueError as exc:
-            raise fail(f"--demos and --intervene need a scripted expert: {exc}") from None
+            raise refuse(f"--demos and --intervene need a scripted expert: {exc}") from None
     console = Console()
     sac = _with_prior_share(sac) if demos or intervene else sac
-    spec = task_spec(env, None, sac)
+    spec = resolve.task_spec(env, None, sac)
+    resolve.data_dir(data_dir)  # a file, no permission, another task's store: said here, once
+    resolve.open_store(spec, resolve.settings(data_dir=data_dir)).close()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ class Store(abc.ABC):
     """The store interface. See the module docstring; backends implement the abstract methods."""
 
     spec: TaskSpec
+    where: str  # the store for a message: its SQLite file, or its URL without the password
 
     # --- the transition log ---------------------------------------------------------------
     @abc.abstractmethod

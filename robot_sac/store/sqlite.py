@@ -371,6 +371,7 @@ class SQLiteStore(Store):
         self.policy_dir = self.data_dir / "policies"
         self.policy_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "store.sqlite"
+        self.where = str(self.path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
