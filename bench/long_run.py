@@ -11,9 +11,15 @@ deterministic policy on ``--episodes`` episodes with seeds neither run used.
 
     python bench/long_run.py              # HalfCheetahBulletEnv-v0, 100k steps
     python bench/long_run.py --env HopperBulletEnv-v0 --steps 50000
+    python bench/long_run.py --sb3-settings zoo --seed 1   # SB3 with all of RL Zoo's settings
 
-Writes ``bench/results/long_run_<env>.json``. The score of one seed is a single sample of a
-noisy process: read it as "about as good" or "clearly worse", not as a ranking.
+``--sb3-settings zoo`` gives SB3 every one of RL Zoo's SAC settings for the PyBullet tasks
+(``RL_ZOO_PYBULLET``: gSDE with log_std_init -3, [400, 300] networks, 8 gradient steps every 8
+steps, besides the rest), copied from rl-baselines3-zoo's hyperparams/sac.yml.
+
+Writes ``bench/results/long_run_<env>[_<sb3-settings>_<seed>].json``. The score of one seed is
+a single sample of a noisy process: read it as "about as good" or "clearly worse", not as a
+ranking.
 """
 
 from __future__ import annotations
@@ -50,20 +56,51 @@ def score(env_id: str, act: Any, episodes: int) -> list[float]:
         env.close()
 
 
-def start_ours(env_id: str, steps: int, robots: int, data: Path, log: Path) -> subprocess.Popen:
-    cmd = up_command(env_id, robots, steps, data)
+def start_ours(
+    env_id: str, steps: int, robots: int, data: Path, log: Path, seed: int = 0
+) -> subprocess.Popen:
+    cmd = up_command(env_id, robots, steps, data, seed=seed * 10)
     return processes.spawn_command(cmd, log, cwd=ROOT)  # ends with this script, whatever ends it
 
 
-def start_sb3(env_id: str, steps: int, out: Path, log: Path) -> subprocess.Popen:
+def start_sb3(
+    env_id: str, steps: int, out: Path, log: Path, settings: str = "ours", seed: int = 0
+) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--env", env_id, "--steps", str(steps), "--sb3-to", str(out)]
+    cmd += ["--sb3-settings", settings, "--seed", str(seed)]
     return processes.spawn_command(cmd, log, cwd=ROOT)
 
 
-def train_sb3(env_id: str, steps: int, out: Path) -> None:
+# rl-baselines3-zoo, hyperparams/sac.yml, HalfCheetahBulletEnv-v0 (&pybullet-defaults, which
+# AntBulletEnv-v0, ReacherBulletEnv-v0 and the others take; Hopper and Walker anneal the rate).
+RL_ZOO_PYBULLET: dict[str, Any] = {
+    "learning_rate": 7.3e-4,
+    "buffer_size": 300_000,
+    "batch_size": 256,
+    "ent_coef": "auto",
+    "gamma": 0.98,
+    "tau": 0.02,
+    "train_freq": 8,
+    "gradient_steps": 8,
+    "learning_starts": 10_000,
+    "use_sde": True,
+    "policy_kwargs": {"log_std_init": -3, "net_arch": [400, 300]},
+}
+
+
+def sb3_zoo_sac(env_id: str, seed: int) -> Any:
+    """Stable-Baselines3's SAC with every one of RL Zoo's settings for the PyBullet tasks."""
+    from stable_baselines3 import SAC as SB3SAC
+
+    return SB3SAC(
+        "MlpPolicy", make_env(env_id), seed=seed, device="cpu", verbose=0, **RL_ZOO_PYBULLET
+    )
+
+
+def train_sb3(env_id: str, steps: int, out: Path, settings: str = "ours", seed: int = 0) -> None:
     """The SB3 side, in its own process; saves the trained model (SB3's own zip format)."""
     torch.set_num_threads(1)
-    model = sb3_sac(env_id, seed=0)
+    model = sb3_zoo_sac(env_id, seed) if settings == "zoo" else sb3_sac(env_id, seed=seed)
     start = time.perf_counter()
     model.learn(steps, progress_bar=False)
     model.save(out)
@@ -76,17 +113,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--robots", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+    parser.add_argument(
+        "--sb3-settings",
+        choices=["ours", "zoo"],
+        default="ours",
+        help="SB3 with the task's tuned settings (as ours) or with all of RL Zoo's",
+    )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sb3-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sb3_to is not None:
-        train_sb3(args.env, args.steps, args.sb3_to)
+        train_sb3(args.env, args.steps, args.sb3_to, args.sb3_settings, args.seed)
         return
 
     work = Path(tempfile.mkdtemp(prefix="long-run-"))
     print(f"{args.env}, {args.steps:,} steps; logs in {work}", flush=True)
     start = time.time()
-    ours = start_ours(args.env, args.steps, args.robots, work / "ours", work / "ours.log")
-    sb3 = start_sb3(args.env, args.steps, work / "sb3.zip", work / "sb3.log")
+    ours = start_ours(
+        args.env, args.steps, args.robots, work / "ours", work / "ours.log", args.seed
+    )
+    sb3 = start_sb3(
+        args.env, args.steps, work / "sb3.zip", work / "sb3.log", args.sb3_settings, args.seed
+    )
     codes = {"ours": ours.wait(), "sb3": sb3.wait()}
     if any(codes.values()):
         raise SystemExit(f"a run failed ({codes}); see the logs in {work}")
@@ -122,6 +170,8 @@ def main() -> None:
         "steps": args.steps,
         "robots": args.robots,
         "episodes": args.episodes,
+        "seed": args.seed,
+        "sb3_settings": RL_ZOO_PYBULLET if args.sb3_settings == "zoo" else "the task's tuned",
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "ours": {
@@ -138,7 +188,10 @@ def main() -> None:
             "train_s": float((work / "sb3.seconds").read_text()),
         },
     }
-    out = ROOT / "bench" / "results" / f"long_run_{args.env}.json"
+    # the first run's name is kept as it was (seed 0, the task's tuned settings)
+    first = (args.seed, args.sb3_settings) == (0, "ours")
+    tag = "" if first else f"_{args.sb3_settings}_{args.seed}"
+    out = ROOT / "bench" / "results" / f"long_run_{args.env}{tag}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 
