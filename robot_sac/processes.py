@@ -231,7 +231,8 @@ class StopSignals:
 @contextlib.contextmanager
 def stop_signals() -> Iterator[StopSignals]:
     """Inside it, SIGTERM and SIGHUP stop the command as Ctrl-C does: a KeyboardInterrupt in the
-    main thread. Once it is stopping (the first such signal, or :meth:`StopSignals.begin`),
+    main thread. SIGINT is handled the same way, even where it was inherited ignored (a command
+    started in the background by a shell), so `kill -INT` stops it too. Once it is stopping (the first such signal, or :meth:`StopSignals.begin`),
     further ones are ignored, so the stop completes (robots flush, the learner checkpoints).
     Outside the main thread signals cannot be handled: it changes nothing.
 
@@ -251,7 +252,11 @@ def stop_signals() -> Iterator[StopSignals]:
         state.stopping = True
         raise KeyboardInterrupt
 
-    stops = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    stops = [
+        signal.SIGINT,
+        signal.SIGTERM,
+        *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
+    ]
     previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield state

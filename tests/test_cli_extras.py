@@ -79,6 +79,11 @@ def test_a_command_missing_its_extra_says_which_in_one_line(tmp_path: Path):
     assert done.stderr.splitlines() == [
         'robot-sac: plot needs the "learner" extra: pip install "robot-sac[learner]"'
     ]
+    # learn and up without torch: refused before they create their data directory
+    for command in ("learn", "up"):
+        done = run_without("torch", command, "--env", "Pendulum-v1", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[0].startswith(f"robot-sac: {command} needs the ")
     assert not (tmp_path / "data").exists()  # nothing ran
 
 

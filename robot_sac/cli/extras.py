@@ -59,6 +59,23 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+# What a command that creates a data directory or a store imports first: checked before it
+# creates anything, so a missing extra leaves nothing behind.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "serve": ("torch", "safetensors", "fastapi", "uvicorn"),
+    "learn": ("torch", "safetensors"),
+    "up": ("torch", "safetensors", "fastapi", "uvicorn", "gymnasium"),
+}
+
+
+def require(command: str) -> None:
+    """Raise :class:`ModuleNotFoundError` for the first module ``command`` needs that is not
+    installed (:func:`guarded` turns it into the one line naming the extra)."""
+    for name in COMMAND_MODULES.get(command, ()):
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def cli_installed() -> bool:
     """Whether the command line's own dependencies (the ``cli`` extra) are importable."""
     return all(importlib.util.find_spec(name) is not None for name in CLI_MODULES)

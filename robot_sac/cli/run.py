@@ -26,6 +26,7 @@ from robot_sac.cli.app import (
     app,
     refuse,
 )
+from robot_sac.cli.extras import require
 
 
 @app.command(rich_help_panel=RUN_PANEL)
@@ -52,8 +53,9 @@ def serve(
     import logging
 
     # Everything is checked before anything is created, the cheap checks before the imports of
-    # torch and the service: a bad flag, setting, task, data directory or device, or a store of
-    # another task, is one line and exit 2 (resolve's checks).
+    # torch and the service: a missing extra, a bad flag, setting, task, data directory or
+    # device, or a store of another task, is one line and exit 2 (resolve's checks).
+    require("serve")
     spec = resolve.task_spec(env, task)
     settings = resolve.settings(
         data_dir=data_dir,
@@ -139,6 +141,7 @@ def learn(
     import signal
     import threading
 
+    require("learn")  # a missing extra: one line, before anything is created
     spec = resolve.task_spec(env, task, sac)
     settings = resolve.settings(
         data_dir=data_dir,

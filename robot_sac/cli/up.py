@@ -19,6 +19,7 @@ from robot_sac.cli.app import (
     app,
     refuse,
 )
+from robot_sac.cli.extras import require
 
 if TYPE_CHECKING:
     import subprocess
@@ -79,6 +80,7 @@ def up(
             raise refuse(f"--demos and --intervene need a scripted expert: {exc}") from None
     console = Console()
     sac = _with_prior_share(sac) if demos or intervene else sac
+    require("up")  # a missing extra: one line, before anything is created
     spec = resolve.task_spec(env, None, sac)
     resolve.data_dir(data_dir)  # a file, no permission, another task's store: said here, once
     resolve.open_store(spec, resolve.settings(data_dir=data_dir)).close()
