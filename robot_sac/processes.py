@@ -232,9 +232,10 @@ class StopSignals:
 def stop_signals() -> Iterator[StopSignals]:
     """Inside it, SIGTERM and SIGHUP stop the command as Ctrl-C does: a KeyboardInterrupt in the
     main thread. SIGINT is handled the same way, even where it was inherited ignored (a command
-    started in the background by a shell), so `kill -INT` stops it too. Once it is stopping (the first such signal, or :meth:`StopSignals.begin`),
-    further ones are ignored, so the stop completes (robots flush, the learner checkpoints).
-    Outside the main thread signals cannot be handled: it changes nothing.
+    started in the background by a shell), so `kill -INT` stops it too. Once it is stopping (the
+    first such signal, or :meth:`StopSignals.begin`), further ones are ignored, so the stop
+    completes (robots flush, the learner checkpoints). Outside the main thread signals cannot be
+    handled: it changes nothing.
 
     SIGHUP comes when the terminal went away (a closed SSH session): output to that terminal
     would fail, so stdout and stderr go to /dev/null from then on where they were a terminal.
