@@ -1,6 +1,6 @@
-"""Plot every ``bench/results/sample_efficiency_*.json``: success at equal environment steps, one
-group of bars per task, one bar per variant (mean over seeds, standard error as the error bar,
-each seed a dot).
+"""Plot every ``bench/results/sample_efficiency_<env>_<steps>.json``: success at equal
+environment steps, one group of bars per task, one bar per variant (mean over seeds, standard
+error as the error bar, each seed a dot).
 
     python bench/plot_sample_efficiency.py        # writes docs/sample_efficiency.png
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -29,9 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "sample_efficiency.png")
     args = parser.parse_args()
+    # one file per task and step count (sample_efficiency_<env>_<steps>.json); others are trials
     runs = [
         json.loads(p.read_text())
         for p in sorted((ROOT / "bench" / "results").glob("sample_efficiency_*.json"))
+        if re.fullmatch(r"sample_efficiency_[A-Za-z0-9-]+_\d+\.json", p.name)
     ]
     fig, ax = plt.subplots(figsize=(2.4 * max(1, len(runs)) + 2.6, 3.6))
     variants = list(LABELS)

@@ -118,6 +118,8 @@ def watch(
             live.update(view(url, task, token))
             time.sleep(0.5)
         live.update(view(url, task, token))
+    if not console.is_terminal:  # a log file gets the last table without a line's end
+        console.line()
 
 
 def final_summary(status: StatusResponse, data_dir: Path, env: str) -> str:
