@@ -10,50 +10,21 @@ training seed), and ``--video`` records the first episodes as MP4 or GIF.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, EnvOption, app, fail
+from robot_sac.cli.quiet import c_output_silenced
 from robot_sac.cli.versions import FileArgument, LoadedVersion, VersionOption, load_version
 
 if TYPE_CHECKING:
     import numpy as np
 
     from robot_sac.train_local import Episode
-
-
-@contextmanager
-def _c_output_silenced(*fds: int) -> Iterator[None]:
-    """Send what C code writes on the file descriptors ``fds`` (1, 2) to /dev/null meanwhile.
-
-    PyBullet prints its build time on stderr when it is imported and its connection arguments
-    (``argv[0]=--background_color_red=...``) on stdout each time panda-gym starts a client: the
-    first would make an error two lines, the second would break ``--json``. Nothing of this
-    command prints while it is in force.
-    """
-    import ctypes
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    libc = ctypes.CDLL(None)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    saved = {fd: os.dup(fd) for fd in fds}
-    try:
-        for fd in fds:
-            os.dup2(devnull, fd)
-        yield
-    finally:
-        libc.fflush(None)  # C's buffered output goes to /dev/null, not to the restored stream
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(devnull)
 
 
 class _ServiceActor:
@@ -141,7 +112,7 @@ def eval_command(
         if loaded is None or loaded.task is None:
             raise fail("give --env ID: the Gymnasium env to evaluate in")
         env = loaded.task.name
-    with _c_output_silenced(1):
+    with c_output_silenced(1):
         results = _play(env, loaded, url, token, episodes, seed, video, video_episodes, fps)
     summary = _summary(env, loaded, url, seed, results)
     if as_json:
@@ -165,7 +136,7 @@ def _make_env(env_id: str, video: bool) -> Any:
             raise fail(f"--video needs imageio: pip install 'robot-sac[video]' ({exc})") from None
         kwargs = render_kwargs(env_id)
     try:
-        with _c_output_silenced(2):  # PyBullet's build time, printed when it is imported
+        with c_output_silenced(2):  # PyBullet's build time, printed when it is imported
             return make_env(env_id, **kwargs)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken id
         raise fail(f"cannot make Gymnasium env {env_id!r}: {exc}") from None

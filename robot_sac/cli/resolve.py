@@ -7,17 +7,15 @@ and exit status 2 (:func:`~robot_sac.cli.app.refuse`), never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from robot_sac.cli.app import fail, refuse, say_error
+from robot_sac.cli.quiet import c_output_silenced
 
 if TYPE_CHECKING:  # imported for real inside the functions, so `robot-sac --help` stays light
     import torch
@@ -121,7 +119,7 @@ def _task_spec(env: str | None, task: Path | None) -> TaskSpec:
     from robot_sac.sim.envs import make_env, task_spec_from_env
 
     try:
-        with _silenced():
+        with c_output_silenced(1, 2, warnings_too=True):
             probe = make_env(env)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken id
         raise typer.BadParameter(
@@ -135,32 +133,8 @@ def _task_spec(env: str | None, task: Path | None) -> TaskSpec:
             param_hint="--env",
         ) from None
     finally:
-        with _silenced():
+        with c_output_silenced(1, 2, warnings_too=True):
             probe.close()
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[None]:
-    """Standard output and error sent to /dev/null at the file descriptors, for a probe of an env:
-    PyBullet's C library prints its build time and its arguments there, and Gymnasium warns,
-    which would bury the command's own lines (and break a refusal's one line)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 def settings(**flags: object) -> Settings:
