@@ -354,8 +354,8 @@ class Learner:
         )
         return max(0, allowed - self.sac.updates)
 
-    def step(self) -> int:
-        """One pass of the loop; returns the number of updates it ran."""
+    def step(self, limit: int | None = None) -> int:
+        """One pass of the loop, of at most ``limit`` updates; returns the number it ran."""
         now = time.monotonic()
         if now >= self._next["control"]:
             self.paused = self.store.control().learner_paused
@@ -375,6 +375,8 @@ class Learner:
             # A burst stops at the next publish, so versions come exactly every publish_every.
             since = self.sac.updates - max(self.counters.last_published_updates, 0)
             budget = min(self.update_budget(), max(1, self.settings.publish_every - since))
+            if limit is not None:
+                budget = min(budget, limit)
             deadline = now + BURST_SECONDS
             while done < budget and time.monotonic() < deadline:
                 self.last_losses = self._update()
@@ -421,7 +423,8 @@ class Learner:
         while not should_stop():
             if max_updates is not None and self.sac.updates >= max_updates:
                 break
-            if self.step() == 0:
+            left = None if max_updates is None else max_updates - self.sac.updates
+            if self.step(left) == 0:
                 # nothing to do: sleep until the next look at the log or the control state
                 wake = min(self._next["pull"], self._next["control"])
                 time.sleep(min(0.02, max(0.001, wake - time.monotonic())))
