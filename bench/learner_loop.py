@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from robot_sac import processes
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.schemas import TaskSpec
 from robot_sac.store import Store, open_store
 
@@ -335,16 +336,16 @@ class LearnerProc(Child):
         self.store = open_store(spec, data_dir)
         super().__init__(name, cmd, logs, env)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LearnerStatus:
         s = self.store.learner_status()
-        return s if s is not None else {"heartbeat": 0.0, "updates": 0, "state": "starting"}
+        return s if s is not None else LearnerStatus(heartbeat=0.0, updates=0, state="starting")
 
     def wait_running(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             s = self.status()
-            if s["state"] == "running" and s["updates"] > 0:
+            if s.state == "running" and s.updates > 0:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{self.name} did not start updating:\n{self.log_tail()}")
@@ -545,7 +546,7 @@ def idle_cpu(lp: LearnerProc, seconds: float) -> dict[str, Any]:
     c0, t0 = proc_cpu_seconds(lp.pid), time.monotonic()
     time.sleep(seconds)
     c1, t1 = proc_cpu_seconds(lp.pid), time.monotonic()
-    state = lp.status()["state"]
+    state = lp.status().state
     lp.store.update_control(learner_paused=False)
     lp.pause()
     return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0, "state": state}
@@ -604,7 +605,7 @@ def learner_window(
         time.sleep(warm)
         lp.check_alive()
         first = lp.status()
-        samples = [(first["heartbeat"], first["updates"])]
+        samples = [(first.heartbeat, first.updates)]
         reported = []  # the row's own smoothed updates_per_s, for comparison
         cpu0, ru0 = proc_cpu_seconds(lp.pid), resource.getrusage(resource.RUSAGE_SELF)
         meter = CpuMeter([os.getpid(), lp.pid])
@@ -614,9 +615,9 @@ def learner_window(
         while time.monotonic() - t0 < seconds:
             time.sleep(STATUS_POLL_S)
             s = lp.status()
-            if s["heartbeat"] != samples[-1][0]:
-                samples.append((s["heartbeat"], s["updates"]))
-                reported.append(s["updates_per_s"])
+            if s.heartbeat != samples[-1][0]:
+                samples.append((s.heartbeat, s.updates))
+                reported.append(s.updates_per_s)
             m = lp.checkpoint_mtime()
             if m != mtime:
                 checkpoints, mtime = checkpoints + 1, m
@@ -723,9 +724,8 @@ def publish_to_served(
         "act_errors": robots.errors,
         "act_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "act_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-        "learner_updates_per_s": (s1["updates"] - s0["updates"])
-        / (s1["heartbeat"] - s0["heartbeat"])
-        if s1["heartbeat"] > s0["heartbeat"]
+        "learner_updates_per_s": (s1.updates - s0.updates) / (s1.heartbeat - s0.heartbeat)
+        if s1.heartbeat > s0.heartbeat
         else None,
         "learner_cpu_share": learner_cpu,
         "producer": prod,

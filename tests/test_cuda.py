@@ -152,8 +152,8 @@ def test_learner_trains_on_cuda_with_a_graphed_update(tmp_path):
     learner.close()
     assert learner.sac.updates == 800 and learner._graphed is not None
     status = store.learner_status()
-    assert status is not None and status["device"].startswith("cuda")
-    assert all(np.isfinite(v) for v in status["losses"].values())
+    assert status is not None and status.device.startswith("cuda")
+    assert all(np.isfinite(v) for v in status.losses.values())
     versions = store.list_policies()
     assert versions[-1].updates == 800 and len(versions) >= 9
     store.close()

@@ -97,7 +97,7 @@ def test_every_metric_a_panel_queries_is_served_by_a_running_service(tmp_path: P
             r = c.post("/v1/transitions", json={"transitions": batch[i : i + 100]})
             assert r.status_code == 200, r.text
         wait_for(
-            lambda: store.learner_status()["updates"] >= 100 and store.learner_status()["losses"],
+            lambda: (s := store.learner_status()) is not None and s.updates >= 100 and s.losses,
             120,
             "100 updates",
         )

@@ -64,7 +64,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def updates(store: Store) -> int:
     status = store.learner_status()
-    return -1 if status is None else int(status["updates"])
+    return -1 if status is None else int(status.updates)
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_learner_consumes_the_log_and_the_service_serves_its_versions(setup, tmp
         assert len(versions) >= 8 and versions == sorted(versions)
         status = store.learner_status()
         assert status is not None
-        assert status["replay_size"] == 1000 and status["transitions_consumed"] == 1000
-        assert set(status["losses"]) == {"loss_actor", "loss_qvalue", "loss_alpha"}
+        assert status.replay_size == 1000 and status.transitions_consumed == 1000
+        assert set(status.losses) == {"loss_actor", "loss_qvalue", "loss_alpha"}
         # the service follows: the newest version answers robots
         c = service.client()
         newest = versions[-1]
@@ -153,8 +153,8 @@ def test_kill_9_then_restart_resumes_and_never_reuses_a_version(setup):
         wait_for(lambda: updates(store) > checkpoint_updates + 200, 180, "progress after restart")
         status = store.learner_status()
         assert status is not None
-        assert status["replay_size"] == 3000  # rebuilt from the log
-        assert status["updates"] >= checkpoint_updates
+        assert status.replay_size == 3000  # rebuilt from the log
+        assert status.updates >= checkpoint_updates
         wait_for(lambda: len(store.list_policies()) > len(before_versions), 60, "a new version")
         after = [p.version for p in store.list_policies()]
         assert after == sorted(after) and len(set(after)) == len(after)
@@ -195,7 +195,7 @@ def test_pause_stops_updates_and_publishing_and_resume_restarts_them(setup):
             time.sleep(2.0)
             assert updates(store) == frozen_updates
             assert store.latest_policy().version == frozen_version  # type: ignore[union-attr]
-            assert store.learner_status()["state"] == "paused"  # type: ignore[index]
+            assert store.learner_status().state == "paused"  # type: ignore[union-attr]
             store.update_control(learner_paused=False)
             wait_for(lambda: updates(store) > frozen_updates + 50, 60, "updates after resume")
             wait_for(

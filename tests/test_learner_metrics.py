@@ -113,9 +113,9 @@ def test_utd_effective_env_steps_and_data_age_on_a_controlled_run(
         learner.write_status()
         status = store.learner_status()
         assert status is not None
-        assert status["updates"] == 400 and status["env_steps"] == 600
-        assert status["utd"] == 1.0
-        assert status["utd_effective"] == pytest.approx(400 / 300, abs=1e-4)  # catching up
+        assert status.updates == 400 and status.env_steps == 600
+        assert status.utd == 1.0
+        assert status.utd_effective == pytest.approx(400 / 300, abs=1e-4)  # catching up
         # 100 more, 100 more updates: over the window 500 updates for 400 transitions (the
         # learner's lifetime ratio, 500 / 600, would be wrong)
         store.append(transitions(600, 100))

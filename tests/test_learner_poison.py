@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.policy import load_policy
@@ -81,10 +82,10 @@ def assert_every_version_loads(store: Store) -> int:
     return len(records)
 
 
-def assert_finite_status(status: dict[str, Any]) -> None:
-    assert set(status["losses"]) == {"loss_actor", "loss_qvalue", "loss_alpha"}
-    for value in (*status["losses"].values(), status["alpha"], status["q_mean"]):
-        assert math.isfinite(value), status
+def assert_finite_status(status: LearnerStatus) -> None:
+    assert set(status.losses) == {"loss_actor", "loss_qvalue", "loss_alpha"}
+    for value in (*status.losses.values(), status.alpha, status.q_mean):
+        assert value is not None and math.isfinite(value), status
 
 
 def test_a_glitching_sensor_is_quarantined_and_learning_goes_on_across_a_restart(tmp_path: Path):
@@ -114,14 +115,14 @@ def test_a_glitching_sensor_is_quarantined_and_learning_goes_on_across_a_restart
         learner.run(lambda: False, max_updates=300)
         learner.close()
         status = store.learner_status()
-        assert status is not None and status["updates"] == 300
+        assert status is not None and status.updates == 300
         assert assert_every_version_loads(store) == 1 + 300 // 50
         assert_finite_status(status)
-        assert status["state"] == "running" and status["fault"] is None
-        assert status["quarantined_rows"] == 2
-        assert status["quarantined_positions"] == glitched
-        assert status["replay_size"] == 398 and status["transitions_consumed"] == 398
-        assert status["skipped_updates"] == 0 and status["rollbacks"] == 0
+        assert status.state == "running" and status.fault is None
+        assert status.quarantined_rows == 2
+        assert status.quarantined_positions == glitched
+        assert status.replay_size == 398 and status.transitions_consumed == 398
+        assert status.skipped_updates == 0 and status.rollbacks == 0
         saved = assert_checkpoint_finite(data / "learner" / "checkpoint.pt")
         assert saved["quarantined_rows"] == 2 and saved["quarantined_positions"] == glitched
 
@@ -137,11 +138,11 @@ def test_a_glitching_sensor_is_quarantined_and_learning_goes_on_across_a_restart
         restarted.run(lambda: False, max_updates=400)
         restarted.close()
         status = store.learner_status()
-        assert status is not None and status["updates"] == 400
+        assert status is not None and status.updates == 400
         assert assert_every_version_loads(store) == 1 + 400 // 50
         assert_finite_status(status)
-        assert status["quarantined_rows"] == 2 and status["quarantined_positions"] == glitched
-        assert status["replay_size"] == 498
+        assert status.quarantined_rows == 2 and status.quarantined_positions == glitched
+        assert status.replay_size == 498
         assert_checkpoint_finite(data / "learner" / "checkpoint.pt")
     finally:
         service.stop()
@@ -231,18 +232,18 @@ def test_a_non_finite_state_is_not_published_the_learner_rolls_back_then_faults(
     learner.write_status()
     status = store.learner_status()
     assert status is not None
-    assert status["state"] == "faulted" and status["fault"] == learner.fault
-    assert status["rollbacks"] == 3 and status["skipped_updates"] == 50
+    assert status.state == "faulted" and status.fault == learner.fault
+    assert status.rollbacks == 3 and status.skipped_updates == 50
 
     # faulted: no more updates, versions or checkpoints, but the status goes on (heartbeat)
     versions, updates = len(store.list_policies()), learner.sac.updates
-    beat = status["heartbeat"]
+    beat = status.heartbeat
     deadline = time.monotonic() + 0.5
     learner.run(lambda: time.monotonic() > deadline, max_updates=1000)
     learner.close()
     status = store.learner_status()
-    assert status is not None and status["state"] == "faulted" and status["heartbeat"] > beat
-    assert learner.sac.updates == updates == status["updates"]
+    assert status is not None and status.state == "faulted" and status.heartbeat > beat
+    assert learner.sac.updates == updates == status.updates
     assert len(store.list_policies()) == versions and file_digest(ckpt) == saved
     assert assert_every_version_loads(store) == versions
 
@@ -271,8 +272,8 @@ def test_updates_skipped_in_a_row_roll_a_finite_but_broken_state_back(small):
     learner.close()
     assert assert_every_version_loads(store) == len(store.list_policies())
     status = store.learner_status()
-    assert status is not None and status["state"] == "running"
-    assert status["rollbacks"] == 1 and status["skipped_updates"] == skipped
+    assert status is not None and status.state == "running"
+    assert status.rollbacks == 1 and status.skipped_updates == skipped
 
 
 def test_checkpoints_without_the_new_counters_load_and_a_non_finite_one_is_not_resumed(small):

@@ -10,10 +10,16 @@ import torch
 
 from robot_sac.config import tuned_config
 from robot_sac.policy import load_policy, save_policy
+from robot_sac.store import Store
 from robot_sac.train_local import evaluate, train_local
 
 gym = pytest.importorskip("gymnasium")
 from robot_sac.sim.envs import make_env, task_spec_from_env  # noqa: E402
+
+
+def _updates(store: Store) -> int:
+    status = store.learner_status()
+    return 0 if status is None else status.updates
 
 
 @pytest.mark.slow
@@ -63,7 +69,7 @@ def test_pendulum_through_the_service_and_the_learner_process(tmp_path: Path):
             episode, step_in_episode, pending = 0, 0, []
             for t in range(total_steps):
                 due = cfg.utd * (t - cfg.learning_starts) - slack
-                while due > 0 and (store.learner_status() or {}).get("updates", 0) < due:
+                while due > 0 and _updates(store) < due:
                     assert learner.alive(), learner.output()
                     time.sleep(0.02)
                 answer = c.post("/v1/act", json={"obs": np.asarray(obs, float).tolist()}).json()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from robot_sac.admin_schemas import LearnerStatus
 from tests.servers import ThreadService, start_thread_service, transition
 
 
@@ -40,7 +41,7 @@ def test_episode_returns_by_version_and_the_learners_losses_are_exported(tmp_pat
             ]
             assert c.post("/v1/transitions", json={"transitions": steps}).status_code == 200
         svc.state.store.write_learner_status(
-            {"state": "running", "updates": 7, "losses": {"loss_actor": 0.5, "loss_qvalue": None}}
+            LearnerStatus(updates=7, losses={"loss_actor": 0.5, "loss_qvalue": None})
         )
         got = samples(c.get("/metrics").text)
         assert got[("robot_sac_episode_return", (("version", "0"),))] == 2.0
@@ -55,18 +56,17 @@ def test_episode_returns_by_version_and_the_learners_losses_are_exported(tmp_pat
 
 def test_the_learners_progress_gauges_come_from_its_status_row(service: ThreadService) -> None:
     losses = {"loss_actor": -1.5, "loss_qvalue": 0.25, "loss_alpha": 0.125}
-    status = {
-        "state": "running",
-        "updates": 500,
-        "env_steps": 600,
-        "replay_size": 600,
-        "utd": 1.0,
-        "utd_effective": 1.25,
-        "data_age_s": 0.5,
-        "data_age_updates": 12.5,
-        "alpha": 0.2,
-        "losses": losses,
-    }
+    status = LearnerStatus(
+        updates=500,
+        env_steps=600,
+        replay_size=600,
+        utd=1.0,
+        utd_effective=1.25,
+        data_age_s=0.5,
+        data_age_updates=12.5,
+        alpha=0.2,
+        losses=losses,
+    )
     service.state.store.write_learner_status(status)
     c = service.client()
     got = samples(c.get("/metrics").text)
@@ -86,7 +86,9 @@ def test_the_learners_progress_gauges_come_from_its_status_row(service: ThreadSe
         assert got[("robot_sac_learner_loss", (("loss", name),))] == value
 
     # no transition in the window, no read of the log yet: no ratio, no age (not a made-up 0)
-    service.state.store.write_learner_status({**status, "utd_effective": None, "data_age_s": None})
+    service.state.store.write_learner_status(
+        status.model_copy(update={"utd_effective": None, "data_age_s": None})
+    )
     names = {name for name, _ in samples(c.get("/metrics").text)}
     assert "robot_sac_learner_updates" in names
     assert "robot_sac_learner_utd_effective" not in names

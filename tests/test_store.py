@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 import multiprocessing
 import queue
 import sqlite3
@@ -42,6 +43,7 @@ from hypothesis import strategies as st
 import robot_sac.bootstrap as bootstrap
 import robot_sac.store.postgres as store_postgres
 import robot_sac.store.sqlite as store_sqlite
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.config import SACConfig
 from robot_sac.networks import Actor
@@ -60,6 +62,7 @@ from robot_sac.store import (
     open_store,
     versions_to_keep,
 )
+from robot_sac.store.codec import decode_learner_status
 from tests.store_backends import BACKENDS, open_backend
 
 SPEC = TaskSpec(
@@ -1148,19 +1151,41 @@ def test_bad_robot_holds_are_refused_and_change_nothing(
 def test_learner_status_round_trip_with_heartbeat_and_persists(make_store: MakeStore) -> None:
     store = make_store()
     assert store.learner_status() is None
-    store.write_learner_status({"updates": 5, "phase": "training", "losses": [1.5, 0.25]})
+    written = LearnerStatus(
+        state="paused", updates=5, losses={"loss_actor": 1.5, "loss_qvalue": 0.25}, alpha=0.5
+    )
+    store.write_learner_status(written)
     status = store.learner_status()
     assert status is not None
-    heartbeat = status.pop("heartbeat")
-    assert status == {"updates": 5, "phase": "training", "losses": [1.5, 0.25]}
-    assert abs(heartbeat - time.time()) < 5.0
-    store.write_learner_status({"updates": 6})  # replaces the row, old keys gone
+    assert abs(status.heartbeat - time.time()) < 5.0  # the store stamps the time
+    assert status.model_dump(exclude={"heartbeat"}) == written.model_dump(exclude={"heartbeat"})
+    heartbeat = status.heartbeat
+    store.write_learner_status(LearnerStatus(updates=6))  # replaces the row, old fields gone
     status = store.learner_status()
-    assert status is not None and status["updates"] == 6 and "phase" not in status
-    assert status["heartbeat"] >= heartbeat
+    assert status is not None and status == LearnerStatus(updates=6, heartbeat=status.heartbeat)
+    assert status.heartbeat >= heartbeat
     store.close()
     reopened = make_store().learner_status()
-    assert reopened is not None and reopened["updates"] == 6
+    assert reopened is not None and reopened.updates == 6
+
+
+def test_a_non_finite_learner_figure_is_stored_as_null(make_store: MakeStore) -> None:
+    # JSON has no infinity: a skipped update's loss is read back as None, not as an error.
+    store = make_store()
+    store.write_learner_status(
+        LearnerStatus(losses={"loss_qvalue": math.inf, "loss_actor": 0.25}, alpha=math.nan)
+    )
+    status = store.learner_status()
+    assert status is not None
+    assert status.losses == {"loss_qvalue": None, "loss_actor": 0.25} and status.alpha is None
+
+
+def test_a_learner_status_row_this_version_cannot_read_says_so() -> None:
+    # e.g. written by an incompatible learner: a faulted learner naming the field, not a crash
+    status = decode_learner_status('{"updates": "many"}', heartbeat=12.5)
+    assert status.state == "faulted" and status.heartbeat == 12.5
+    assert status.fault is not None
+    assert status.fault.startswith("unreadable learner status (updates")
 
 
 # --- 9. one data directory, one task; SQLite settings ---------------------------------------------

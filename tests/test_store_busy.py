@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.bootstrap import ensure_initial_policy
 from robot_sac.store import (
     ControlState,
@@ -63,7 +64,7 @@ def test_writes_to_a_locked_store_raise_store_busy_after_the_wait_and_reads_go_o
     writes = {
         "append": lambda: store.append([step(1, tag=2.0)]),
         "update_control": lambda: store.update_control(hold=True),
-        "write_learner_status": lambda: store.write_learner_status({"updates": 1}),
+        "write_learner_status": lambda: store.write_learner_status(LearnerStatus(updates=1)),
         "register_policy": lambda: store.register_policy(make_policy_bytes(seed=2)[0]),
     }
     for name, write in writes.items():
@@ -84,9 +85,9 @@ def test_writes_to_a_locked_store_raise_store_busy_after_the_wait_and_reads_go_o
     # Once the lock is released everything works again, and nothing refused was written.
     assert store.append([step(1, tag=2.0)]) == (1, 0)
     assert store.update_control(hold=True).hold
-    store.write_learner_status({"updates": 2})
+    store.write_learner_status(LearnerStatus(updates=2))
     status = store.learner_status()
-    assert status is not None and status["updates"] == 2
+    assert status is not None and status.updates == 2
     # The refused registration could not even reserve a number: the next one is 1.
     registered = store.register_policy(make_policy_bytes(seed=2)[0])
     assert registered is not None and registered.version == 1

@@ -44,9 +44,9 @@ def test_up_learns_panda_reach_in_6000_steps(tmp_path: Path):
     try:
         assert store.transition_count() == 6000
         status = store.learner_status()
-        assert status is not None and status["updates"] >= 5000  # utd 1 after learning_starts
+        assert status is not None and status.updates >= 5000  # utd 1 after learning_starts
         record = store.latest_policy()
-        assert record is not None and record.updates == status["updates"]
+        assert record is not None and record.updates == status.updates
         policy = load_policy(store.policy_bytes(record), sha256=record.sha256)
     finally:
         store.close()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.records import (
     ControlState,
@@ -132,11 +133,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write_learner_status(self, status: dict[str, Any]) -> None:
-        """Replace the learner's status row (a JSON object; ``heartbeat`` is set to now)."""
+    def write_learner_status(self, status: LearnerStatus) -> None:
+        """Replace the learner's status row (stored as JSON; its ``heartbeat`` is set to now)."""
 
     @abc.abstractmethod
-    def learner_status(self) -> dict[str, Any] | None: ...
+    def learner_status(self) -> LearnerStatus | None:
+        """The learner's last status, with the time it was written as ``heartbeat``; ``None``
+        before the first."""
 
     @abc.abstractmethod
     def check(self) -> None:

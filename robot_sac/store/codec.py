@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pydantic
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.schemas import FLOAT32_MAX, TaskSpec
 from robot_sac.store.records import (
     SOURCE_CODES,
@@ -442,3 +444,31 @@ class PendingBatch:
         self.accepted = 0
         self.finished = threading.Event()
         self.error: BaseException | None = None
+
+
+def encode_learner_status(status: LearnerStatus) -> str:
+    """The learner's status row as JSON, without its heartbeat (the store stamps the time).
+
+    JSON has no infinity: a non-finite figure (a skipped update's loss) is written as null.
+    """
+    return status.model_dump_json(exclude={"heartbeat"})
+
+
+def decode_learner_status(text: str, heartbeat: float) -> LearnerStatus:
+    """The stored row back as a :class:`LearnerStatus` written at ``heartbeat``.
+
+    A row this version cannot read (written by an incompatible learner) is reported as a faulted
+    learner that says so, rather than failing every status read.
+    """
+    try:
+        status = LearnerStatus.model_validate_json(text)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the row"
+        return LearnerStatus(
+            state="faulted",
+            heartbeat=heartbeat,
+            fault=f"unreadable learner status ({where}: {first['msg']})",
+        )
+    status.heartbeat = heartbeat
+    return status

@@ -45,6 +45,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
 from robot_sac.store.base import Store
@@ -57,7 +58,9 @@ from robot_sac.store.codec import (
     check_fingerprint,
     check_robot_holds,
     counts_by_source,
+    decode_learner_status,
     decode_rows,
+    encode_learner_status,
     encode_rows,
     episode_tallies,
     find_conflict,
@@ -836,18 +839,18 @@ class PostgresStore(Store):
         return self.control()
 
     @_store_errors
-    def write_learner_status(self, status: dict[str, Any]) -> None:
+    def write_learner_status(self, status: LearnerStatus) -> None:
         self._run(
             lambda c: c.execute(
                 "INSERT INTO learner_status (id, heartbeat, status) VALUES (1, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat, "
                 "status = excluded.status",
-                (time.time(), json.dumps(status)),
+                (time.time(), encode_learner_status(status)),
             )
         )
 
     @_store_errors
-    def learner_status(self) -> dict[str, Any] | None:
+    def learner_status(self) -> LearnerStatus | None:
         row = self._run(
             lambda c: c.execute(
                 "SELECT heartbeat, status FROM learner_status WHERE id = 1"
@@ -856,7 +859,7 @@ class PostgresStore(Store):
         )
         if row is None:
             return None
-        return {**json.loads(row[1]), "heartbeat": float(row[0])}
+        return decode_learner_status(row[1], float(row[0]))
 
     @_store_errors
     def check(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.fileio import write_atomic
 from robot_sac.policy import check_task, read_policy_info, with_version
 from robot_sac.schemas import TaskSpec
@@ -33,7 +34,9 @@ from robot_sac.store.codec import (
     check_fingerprint,
     check_robot_holds,
     counts_by_source,
+    decode_learner_status,
     decode_rows,
+    encode_learner_status,
     encode_rows,
     episode_tallies,
     find_conflict,
@@ -866,18 +869,18 @@ class SQLiteStore(Store):
         return self.control()
 
     @_store_errors
-    def write_learner_status(self, status: dict[str, Any]) -> None:
+    def write_learner_status(self, status: LearnerStatus) -> None:
         now = time.time()
         with self._write() as c:
             c.execute(
                 "INSERT INTO learner_status (id, heartbeat, status) VALUES (1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat, "
                 "status = excluded.status",
-                (now, json.dumps(status)),
+                (now, encode_learner_status(status)),
             )
 
     @_store_errors
-    def learner_status(self) -> dict[str, Any] | None:
+    def learner_status(self) -> LearnerStatus | None:
         row = (
             self._conn()
             .execute("SELECT heartbeat, status FROM learner_status WHERE id = 1")
@@ -885,7 +888,7 @@ class SQLiteStore(Store):
         )
         if row is None:
             return None
-        return {**json.loads(row[1]), "heartbeat": float(row[0])}
+        return decode_learner_status(row[1], float(row[0]))
 
     @_store_errors
     def check(self) -> None:

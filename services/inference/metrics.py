@@ -97,7 +97,7 @@ class ServiceMetrics:
         )
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def watch_learner(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
+    def watch_learner(self, learner_status: Callable[[], LearnerStatus | None]) -> None:
         """Expose the learner's status row (read from the store at each scrape) as gauges."""
         self.registry.register(_LearnerCollector(learner_status))
 
@@ -159,15 +159,14 @@ class _LearnerCollector(Collector):
         "rollbacks": ("rollbacks", "Times the learner went back to its last good weights."),
     }
 
-    def __init__(self, learner_status: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, learner_status: Callable[[], LearnerStatus | None]) -> None:
         self.learner_status = learner_status
 
     def describe(self) -> list[Any]:
         return []  # collected lazily; nothing to declare at registration
 
     def collect(self) -> Iterator[Any]:
-        row = self.learner_status()
-        status = None if row is None else LearnerStatus.model_validate(row)
+        status = self.learner_status()
         age = None if status is None else time.time() - status.heartbeat
         up = GaugeMetricFamily("robot_sac_learner_up", "1 while the learner's heartbeat is fresh.")
         up.add_metric([], 1.0 if age is not None and age <= 5.0 else 0.0)

@@ -618,8 +618,7 @@ class Learner:
 
     def write_status(self) -> None:
         status = self.status()
-        # The store keeps the row as JSON; readers parse it with the same model.
-        self.store.write_learner_status(status.model_dump(mode="json", exclude={"heartbeat"}))
+        self.store.write_learner_status(status)
         if self._board is not None and self.last_losses:
             scalars: dict[str, float | None] = {f"loss/{k}": v for k, v in status.losses.items()}
             scalars |= {

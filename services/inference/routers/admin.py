@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from typing import Any, Literal
 
@@ -47,21 +46,10 @@ LEARNER_OFFLINE_AFTER_S = 5.0
 HOLD_ANSWER_WAIT_S = 0.25
 
 
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    return value
-
-
-def learner_view(status: dict[str, Any] | None, now: float) -> LearnerView:
+def learner_view(reported: LearnerStatus | None, now: float) -> LearnerView:
     """The learner as the operator sees it: ``offline`` once its heartbeat is 5 s old."""
-    if status is None:
+    if reported is None:
         return LearnerView(state="offline")
-    # A skipped update's losses can be infinite (the learner skipped that step); JSON has no
-    # infinity, so they are shown as null.
-    reported = LearnerStatus.model_validate(_finite_or_none(status))
     age = now - reported.heartbeat
     state: Literal["running", "paused", "offline", "faulted"] = "running"
     if age > LEARNER_OFFLINE_AFTER_S:
