@@ -689,6 +689,88 @@ def test_a_hold_with_a_body_it_cannot_read_holds_every_robot_and_says_so(
     assert c.get("/v1/admin/status").json()["hold"] is True
 
 
+@pytest.mark.parametrize(
+    "why",
+    ["too-large", "wrong-type", "bad-deadline"],
+)
+def test_a_hold_the_edge_refuses_after_its_token_holds_every_robot(
+    guarded: ThreadService, why: str
+) -> None:
+    """A hold refused for its headers or body (413, 415, 400) after the operator's token was
+    accepted still holds every robot, before the refusal goes out, and the refusal says so."""
+    c = guarded.client(OPERATOR_TOKEN)
+    robot = guarded.client(ROBOT_TOKEN)
+    headers = {"Content-Type": "application/json"}
+    content = b"{}"
+    if why == "too-large":
+        content = b" " * (64 * 2**10)
+    elif why == "wrong-type":
+        headers = {"Content-Type": "text/plain"}
+    else:
+        headers["X-Deadline-Ms"] = "soon"
+    r = c.post("/v1/admin/hold", content=content, headers=headers)
+    expected = {"too-large": 413, "wrong-type": 415, "bad-deadline": 400}[why]
+    assert_error(r, expected, "EVERY robot is now held")
+    assert robot.post("/v1/act", json={"obs": OBS}).json()["hold"] is True
+    assert c.get("/v1/admin/status").json()["hold"] is True
+
+
+def test_a_hold_whose_body_stalls_holds_every_robot(guarded: ThreadService) -> None:
+    sock = _connect(guarded.url)
+    try:
+        sock.sendall(_head("/v1/admin/hold", 100, OPERATOR_TOKEN) + b"{")  # then nothing
+        status, _, body = _read_answer(sock)
+        assert status == 408 and b"EVERY robot is now held" in body
+    finally:
+        sock.close()
+    answer = guarded.client(ROBOT_TOKEN).post("/v1/act", json={"obs": OBS}).json()
+    assert answer["hold"] is True
+
+
+def test_a_hold_whose_sender_hangs_up_mid_body_holds_every_robot(guarded: ThreadService) -> None:
+    sock = _connect(guarded.url)
+    sock.sendall(_head("/v1/admin/hold", 100, OPERATOR_TOKEN) + b"{")
+    sock.close()
+    robot = guarded.client(ROBOT_TOKEN)
+    deadline = time.monotonic() + 5.0
+    while not robot.post("/v1/act", json={"obs": OBS}).json()["hold"]:
+        assert time.monotonic() < deadline, "the hangup never held the robots"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("token", [None, "x" * 40, ROBOT_TOKEN])
+def test_a_hold_refused_for_its_token_holds_nothing(
+    guarded: ThreadService, token: str | None
+) -> None:
+    """Only an operator may hold: a missing, wrong or robot's token changes nothing, whatever
+    else is wrong with the request."""
+    c = guarded.client(token)
+    r = c.post("/v1/admin/hold", content=b" " * (64 * 2**10), headers=JSON)
+    assert r.status_code in (401, 403)
+    assert guarded.client(ROBOT_TOKEN).post("/v1/act", json={"obs": OBS}).json()["hold"] is False
+
+
+def test_the_hold_is_never_rate_limited(tmp_path: Path) -> None:
+    """The operator's token spent on status reads (a dashboard gone wrong): reads get 429, the
+    hold still takes effect at once."""
+    svc = start_thread_service(
+        tmp_path / "d",
+        robot_token=ROBOT_TOKEN,
+        operator_token=OPERATOR_TOKEN,
+        rate_limit_per_s=1.0,
+        rate_limit_burst=3,
+    )
+    try:
+        operator = svc.client(OPERATOR_TOKEN)
+        codes = [operator.get("/v1/admin/status").status_code for _ in range(6)]
+        assert 429 in codes
+        r = operator.post("/v1/admin/hold")
+        assert r.status_code == 200 and r.json()["hold"] is True
+        assert svc.client(ROBOT_TOKEN).post("/v1/act", json={"obs": OBS}).json()["hold"] is True
+    finally:
+        svc.stop()
+
+
 def test_a_release_with_a_body_it_cannot_read_releases_nothing(service: ThreadService) -> None:
     c = service.client()
     c.post("/v1/admin/hold")

@@ -208,7 +208,18 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         state = getattr(app.state, "robot_sac", None)
         return None if state is None else state.metrics
 
+    def hold_every_robot() -> None:
+        state = getattr(app.state, "robot_sac", None)
+        if state is not None:  # before start-up there is nothing to hold
+            state.serving.press_hold(None)
+
     # Added last is outermost: the guard sees every request, the fast path runs inside it.
     app.add_middleware(FastPath, describe_error=describe_validation_errors)
-    app.add_middleware(Guard, settings=settings, metrics_of=metrics_of)
+    app.add_middleware(
+        Guard,
+        settings=settings,
+        metrics_of=metrics_of,
+        hold_path=admin.HOLD,
+        hold_all=hold_every_robot,
+    )
     return app

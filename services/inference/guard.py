@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from robot_sac.services.inference.auth import Refusal, Role, authenticate, check
 from robot_sac.services.inference.metrics import ServiceMetrics
 from robot_sac.services.inference.wire import MSGPACK_TYPES
 from robot_sac.settings import Settings
+
+log = logging.getLogger("robot_sac.service")
 
 JSON_TYPES = frozenset({"application/json"})
 OCTET_TYPES = frozenset({"application/octet-stream"})
@@ -152,9 +155,17 @@ class Guard:
     """The ASGI layer described in the module docstring; counts every answer by route."""
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, metrics_of: Callable[[], ServiceMetrics | None]
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics_of: Callable[[], ServiceMetrics | None],
+        hold_path: str | None = None,
+        hold_all: Callable[[], None] | None = None,
     ) -> None:
+        """``hold_all`` holds every robot at once; it is pressed for an operator's hold
+        (``POST hold_path``) that this layer refuses after its token was accepted."""
         self.app, self.settings, self.metrics_of = app, settings, metrics_of
+        self.hold_path, self.hold_all = hold_path, hold_all
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,6 +225,20 @@ class Guard:
         else:
             check_local(host, origin)
             role = Role.OPERATOR
+        if self._is_hold(scope):
+            # The operator's hold is never rate-limited, and whatever is wrong with its request
+            # from here on (its deadline, its body's type, size or pace, a dropped connection),
+            # every robot is held before the refusal goes out: whoever pressed it wanted the
+            # robots stopped, and holding more than asked is the safe error.
+            try:
+                return await self._body(
+                    scope, receive, arrived, policy, content_type, length, chunked, deadline
+                )
+            except Refusal as refusal:
+                raise self._held_anyway(refusal) from None
+            except _ClientGone:
+                self._press_hold_for_all("its connection closed before its body arrived")
+                raise
         if policy.role > Role.PUBLIC:
             wait = self.limiter.wait_s(role, arrived)
             if wait > 0:
@@ -226,6 +251,23 @@ class Guard:
                     f"{settings.rate_limit_per_s:g} a second); retry after {wait:.3f} s",
                     {"Retry-After": str(max(1, math.ceil(wait)))},
                 )
+        return await self._body(
+            scope, receive, arrived, policy, content_type, length, chunked, deadline
+        )
+
+    async def _body(
+        self,
+        scope: Scope,
+        receive: Receive,
+        arrived: float,
+        policy: RoutePolicy,
+        content_type: bytes | None,
+        length: bytes | None,
+        chunked: bytes | None,
+        deadline: bytes | None,
+    ) -> bytes | None:
+        """The deadline and the body's type and size from the headers, then the body itself."""
+        settings = self.settings
         if deadline is not None:
             scope["robot_sac.deadline"] = _deadline(deadline, arrived)
         if content_type is not None:  # the routes read it from here, not from the headers again
@@ -243,6 +285,28 @@ class Guard:
         if length is not None and (not length.strip().isdigit() or int(length) > limit):
             raise Refusal(413, f"the request body is larger than {limit} bytes", close=True)
         return await _read_body(receive, limit, policy.timeout(settings))
+
+    def _is_hold(self, scope: Scope) -> bool:
+        return (
+            self.hold_all is not None
+            and scope["method"] == "POST"
+            and scope["path"] == self.hold_path
+        )
+
+    def _press_hold_for_all(self, why: str) -> None:
+        assert self.hold_all is not None
+        self.hold_all()
+        log.warning("hold pressed with a request that was refused (%s): every robot is held", why)
+
+    def _held_anyway(self, refusal: Refusal) -> Refusal:
+        self._press_hold_for_all(refusal.detail)
+        return Refusal(
+            refusal.status,
+            f"{refusal.detail}; EVERY robot is now held all the same. POST /v1/admin/release "
+            "releases them",
+            refusal.headers,
+            close=refusal.close,
+        )
 
     def _count(self, scope: Scope, status: int) -> None:
         metrics = self.metrics_of()

@@ -351,7 +351,9 @@ async def hold(request: Request, state: AppState = Depends(get_state)) -> Respon
     It takes effect at once, in memory, for every act answered after it arrives, whatever the
     store is doing; it is then stored (``hold_persisted`` in the status says when), so other
     replicas and a restarted service hold too. A robot is held one by one only in the acts that
-    name it (``robot_id``). A body that cannot be read holds every robot, then answers 422.
+    name it (``robot_id``). A body that cannot be read holds every robot, then answers 422; so
+    does a hold refused after its token was accepted (413, 415, 408, 400), and the hold is never
+    rate-limited.
     A software hold: it does not replace a robot's hardware emergency stop.
     """
     data = await press_hold(state, Incoming(await request.body()))
