@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, EnvOption, app, fail
+from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, EnvOption, app, fail, refuse
 from robot_sac.cli.quiet import c_output_silenced
 from robot_sac.cli.versions import FileArgument, LoadedVersion, VersionOption, load_version
 
@@ -100,9 +100,11 @@ def eval_command(
     one) and episode length; --video records the first --video-episodes episodes.
     """
     if url is not None and (file is not None or data_dir is not None or version is not None):
-        raise fail("--url evaluates what the service serves: give no FILE, --data-dir or --version")
+        raise refuse(
+            "--url evaluates what the service serves: give no FILE, --data-dir or --version"
+        )
     if video is not None and video.suffix.lower() not in (".mp4", ".gif"):
-        raise fail(f"--video {video}: give a .mp4 or .gif file")
+        raise refuse(f"--video {video}: give a .mp4 or .gif file")
     loaded = None if url is not None else load_version(file, data_dir, version)
     if seed is None:
         from robot_sac.train_local import EVAL_SEED
@@ -110,7 +112,7 @@ def eval_command(
         seed = EVAL_SEED
     if env is None:
         if loaded is None or loaded.task is None:
-            raise fail("give --env ID: the Gymnasium env to evaluate in")
+            raise refuse("give --env ID: the Gymnasium env to evaluate in")
         env = loaded.task.name
     with c_output_silenced(1):
         results = _play(env, loaded, url, token, episodes, seed, video, video_episodes, fps)
@@ -125,7 +127,7 @@ def _make_env(env_id: str, video: bool) -> Any:
     try:
         from robot_sac.sim.envs import make_env
     except ImportError as exc:
-        raise fail(f"eval needs the simulators: pip install 'robot-sac[sim]' ({exc})") from None
+        raise refuse(f"eval needs the simulators: pip install 'robot-sac[sim]' ({exc})") from None
     kwargs: dict[str, Any] = {}
     if video:
         from robot_sac.sim.video import render_kwargs
@@ -133,13 +135,13 @@ def _make_env(env_id: str, video: bool) -> Any:
         try:
             import imageio  # noqa: F401  (checked before any episode is played)
         except ImportError as exc:
-            raise fail(f"--video needs imageio: pip install 'robot-sac[video]' ({exc})") from None
+            raise refuse(f"--video needs imageio: pip install 'robot-sac[video]' ({exc})") from None
         kwargs = render_kwargs(env_id)
     try:
         with c_output_silenced(2):  # PyBullet's build time, printed when it is imported
             return make_env(env_id, **kwargs)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken id
-        raise fail(f"cannot make Gymnasium env {env_id!r}: {exc}") from None
+        raise refuse(f"cannot make Gymnasium env {env_id!r}: {exc}") from None
 
 
 def _play(
@@ -163,13 +165,13 @@ def _play(
         try:
             spec = task_spec_from_env(env, name=env_id)
         except ValueError as exc:
-            raise fail(f"{env_id}: {exc}") from None
+            raise refuse(f"{env_id}: {exc}") from None
         act: Callable[[np.ndarray], np.ndarray]
         if loaded is not None:
             try:
                 check_task(loaded.policy.info, spec)
             except PolicyFileError as exc:
-                raise fail(f"{loaded.label} does not fit {env_id}: {exc}") from None
+                raise refuse(f"{loaded.label} does not fit {env_id}: {exc}") from None
             policy = loaded.policy
 
             def act(obs: np.ndarray) -> np.ndarray:

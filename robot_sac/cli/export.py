@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, app, fail
+from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, app, fail, refuse
 from robot_sac.cli.versions import FileArgument, VersionOption, load_version
 
 
@@ -32,7 +32,7 @@ def export_onnx_command(
     try:
         import onnx  # noqa: F401  (the export extra: checked before any work)
     except ImportError as exc:
-        raise fail(
+        raise refuse(
             f"export-onnx needs the onnx package: pip install 'robot-sac[export]' ({exc})"
         ) from None
     try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from robot_sac.cli.app import fail
+from robot_sac.cli.app import fail, refuse
 
 if TYPE_CHECKING:  # torch comes with the policy: imported inside the function
     from robot_sac.policy import Policy
@@ -66,18 +66,18 @@ def load_version(
     from robot_sac.policy import PolicyFileError, load_policy
 
     if file is not None and data_dir is not None:
-        raise fail("give a version FILE or --data-dir, not both")
+        raise refuse("give a version FILE or --data-dir, not both")
     if file is not None and version is not None:
-        raise fail("--version picks a version of --data-dir; a FILE is one version already")
+        raise refuse("--version picks a version of --data-dir; a FILE is one version already")
     if file is not None:
         try:
             data = file.read_bytes()
         except OSError as exc:
-            raise fail(f"cannot read {file}: {exc.strerror or exc}") from None
+            raise refuse(f"cannot read {file}: {exc.strerror or exc}") from None
         try:
             policy = load_policy(data, spec=spec, safe_action=spec.safe_action if spec else None)
         except PolicyFileError as exc:
-            raise fail(f"{file} is not a usable robot_sac policy: {exc}") from None
+            raise refuse(f"{file} is not a usable robot_sac policy: {exc}") from None
         return LoadedVersion(policy, str(file), None)
     return _from_store(data_dir or default_data_dir(), version, spec)
 
@@ -89,15 +89,15 @@ def _from_store(data_dir: Path, version: int | None, spec: TaskSpec | None) -> L
     try:
         store = open_existing(data_dir)
     except StoreError as exc:
-        raise fail(str(exc)) from None
+        raise refuse(str(exc)) from None
     try:
         record = store.latest_policy() if version is None else store.get_policy(version)
         if record is None:
             versions = [r.version for r in store.list_policies()]
             if not versions:
-                raise fail(f"{data_dir} holds no policy versions yet")
+                raise refuse(f"{data_dir} holds no policy versions yet")
             shown = ", ".join(str(v) for v in versions[-5:])
-            raise fail(
+            raise refuse(
                 f"{data_dir} has no version {version}; it holds {len(versions)} (newest: {shown})"
             )
         task = store.spec
@@ -110,5 +110,5 @@ def _from_store(data_dir: Path, version: int | None, spec: TaskSpec | None) -> L
     try:
         policy = load_policy(data, sha256=record.sha256, safe_action=task.safe_action, spec=spec)
     except PolicyFileError as exc:
-        raise fail(f"{label} is not usable: {exc}") from None
+        raise refuse(f"{label} is not usable: {exc}") from None
     return LoadedVersion(policy, label, task)
