@@ -1,4 +1,5 @@
-"""A signal that ends `robot-sac up` or `robot-sac sim` ends every process it started.
+"""A signal that ends `robot-sac up` or `robot-sac sim` ends every process it started; `serve`
+and `learn` run on their own stop cleanly on SIGHUP too.
 
 SIGTERM (``kill``), SIGHUP (a closed SSH session: the terminal goes away and the shell hangs up
 the job's process group) and SIGINT (Ctrl-C: the terminal signals the foreground group) stop
@@ -312,3 +313,37 @@ def test_a_robot_sent_sigterm_flushes_and_exits_0(
         assert_all_gone(children, 10)
     finally:
         kill_all(proc, children)
+
+
+# --- serve and learn, each run on its own ---------------------------------------------------------
+def test_a_closed_terminal_stops_serve_cleanly(tmp_path: Path) -> None:
+    """SIGHUP (its terminal gone) stops a service run on its own as Ctrl-C does: it drains and
+    exits 0, and its port is free again."""
+    port = processes.free_port()
+    log = tmp_path / "serve.log"
+    args = ["serve", "--env", ENV, "--data-dir", str(tmp_path / "d"), "--port", str(port)]
+    proc = processes.spawn(args, log, death_signal=None)
+    try:
+        processes.wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+        assert "Finished server process" in log.read_text()
+        assert processes.port_free(port)
+    finally:
+        processes.kill(proc)
+
+
+def test_a_closed_terminal_stops_learn_cleanly(tmp_path: Path) -> None:
+    """SIGHUP stops a learner run on its own as Ctrl-C does: it says where its checkpoint is and
+    exits 0."""
+    log = tmp_path / "learn.log"
+    proc = processes.spawn(
+        ["learn", "--env", ENV, "--data-dir", str(tmp_path / "d")], log, death_signal=None
+    )
+    try:
+        wait_for("the learner to wait for transitions", lambda: "waiting" in log.read_text())
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert "learner stopped at 0 updates" in log.read_text()
+    finally:
+        processes.kill(proc)

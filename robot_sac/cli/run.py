@@ -48,9 +48,11 @@ def serve(
 
     Tokens come from ROBOT_SAC_ROBOT_TOKEN and ROBOT_SAC_OPERATOR_TOKEN (and, for read-only
     watchers of status, robots and policies, ROBOT_SAC_VIEWER_TOKEN); without them the service
-    refuses to bind anything but loopback. API docs are served at /docs.
+    refuses to bind anything but loopback. API docs are served at /docs. SIGTERM, SIGHUP and
+    Ctrl-C stop it cleanly.
     """
     import logging
+    import signal
 
     # Everything is checked before anything is created, the cheap checks before the imports of
     # torch and the service: a missing extra, a bad flag, setting, task, data directory or
@@ -96,9 +98,14 @@ def serve(
     )
     for warning in settings.token_warnings():
         typer.echo(f"warning: {warning}", err=True)
-    uvicorn.Server(
+    server = uvicorn.Server(
         server_config(create_app(settings, spec), settings, log_level=log_level.value)
-    ).run()
+    )
+    if hasattr(signal, "SIGHUP"):
+        # A closed terminal (SSH gone) stops the service as Ctrl-C does: it drains its queues
+        # and exits 0. uvicorn itself handles SIGINT and SIGTERM only.
+        signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    server.run()
 
 
 @app.command(rich_help_panel=RUN_PANEL)
@@ -135,7 +142,7 @@ def learn(
     """Run the learner: tail the transition log, train SAC, publish policy versions.
 
     It resumes from its checkpoint (in DATA_DIR/learner), obeys the operator's pause and resume,
-    and on SIGTERM or Ctrl-C publishes what it learnt, checkpoints and exits 0.
+    and on SIGTERM, SIGHUP or Ctrl-C publishes what it learnt, checkpoints and exits 0.
     """
     import logging
     import signal
@@ -162,8 +169,10 @@ def learn(
         level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # SIGHUP too: a closed terminal stops the learner as Ctrl-C does (publish, checkpoint, 0).
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, lambda *_: stop.set())
     if dev.type == "cpu":
         set_cpu_threads(settings.learner_threads, spare=1)
     store = resolve.open_store(spec, settings)
