@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 
 from robot_sac.client import RobotClient, ServiceError
+from robot_sac.quiet import c_output_silenced
 from robot_sac.sim.envs import make_env
 from robot_sac.sim.experts import Expert, expert_for
 
@@ -197,7 +198,8 @@ def run_robot(
     expert = expert_for(env_id) if demos or intervene else None
     rule = rule or InterventionRule()
     coin = np.random.default_rng([seed, 17])  # the intervention draws: seeded, like the env
-    env = make_env(env_id)
+    with c_output_silenced(1, 2):  # PyBullet's build time and connection arguments
+        env = make_env(env_id)
     run_id = run_id or uuid.uuid4().hex[:8]
     reports: list[EpisodeReport] = []
     # A paced robot stands in for in-process SAC, whose learner trains on every step at once:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from robot_sac.cli.app import TOOLS_PANEL, DataDirOption, EnvOption, app, fail, refuse
-from robot_sac.cli.quiet import c_output_silenced
 from robot_sac.cli.versions import FileArgument, LoadedVersion, VersionOption, load_version
+from robot_sac.quiet import c_output_silenced
 
 if TYPE_CHECKING:
     import numpy as np

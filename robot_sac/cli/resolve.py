@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from robot_sac.cli.app import fail, refuse, say_error
-from robot_sac.cli.quiet import c_output_silenced
+from robot_sac.quiet import c_output_silenced
 
 if TYPE_CHECKING:  # imported for real inside the functions, so `robot-sac --help` stays light
     import torch
