@@ -2,8 +2,10 @@
 
 Ours is ``robot-sac up`` (the service, the learner process and 2 simulated robots acting over
 HTTP, paced to the learner's update-to-data ratio); SB3 is ``SAC.learn`` on the same env with the
-same hyper-parameters (gamma 0.95, lr 1e-3, initial alpha 0.1, learning_starts 500, batch 256,
-(256, 256) networks, one update per step, one torch thread like our learner). For each seed both
+same hyper-parameters, the task's in ``robot_sac.config.TUNED`` (when this file's results were
+written: gamma 0.95, lr 1e-3, initial alpha 0.1, learning_starts 500, batch 256, (256, 256)
+networks, one update per step; the update-to-data ratio is SB3's gradient steps per step), one
+torch thread like our learner. For each seed both
 train for the same number of environment steps; the success rate of the deterministic policy on
 ``--episodes`` episodes with unseen seeds is measured at 2k, 4k and 6k steps (for ours: the version
 published when the learner had done the updates those steps allow, utd x (steps - learning_starts),
@@ -126,10 +128,16 @@ def run_ours(
 
 
 def sb3_sac(env_id: str, seed: int) -> Any:
-    """Stable-Baselines3's SAC on ``env_id`` with our tuned settings for it, on the CPU."""
+    """Stable-Baselines3's SAC on ``env_id`` with our tuned settings for it, on the CPU.
+
+    An update-to-data ratio of N (a whole number) is SB3's ``gradient_steps=N`` after every
+    step (``train_freq=1``): the same number of updates at every step as ours.
+    """
     from stable_baselines3 import SAC as SB3SAC
 
     cfg = tuned_config(env_id)
+    if cfg.utd != int(cfg.utd) or cfg.utd < 1:
+        raise ValueError(f"SB3 takes a whole number of gradient steps, not utd {cfg.utd}")
     return SB3SAC(
         "MlpPolicy",
         make_env(env_id),
@@ -140,6 +148,8 @@ def sb3_sac(env_id: str, seed: int) -> Any:
         batch_size=cfg.batch_size,
         buffer_size=cfg.buffer_size,
         tau=cfg.tau,
+        train_freq=1,
+        gradient_steps=int(cfg.utd),
         policy_kwargs={"net_arch": list(cfg.hidden)},
         seed=seed,
         device="cpu",

@@ -6,7 +6,8 @@ first-seed + seeds - 1``; then the final policy's deterministic success is score
 ``--episodes`` episodes whose seeds no run used. Variants:
 
 - ``sb3``: SB3's SAC in one process, with the task's tuned settings (``robot_sac.config.TUNED``;
-  for the Panda tasks RL Zoo has no SAC settings), (256, 256) networks, one update per step.
+  for the Panda tasks RL Zoo has no SAC settings), (256, 256) networks, and as many gradient
+  steps after each step as the task's update-to-data ratio (two on the reach, one on the push).
 - ``ours``: ``robot-sac up`` with its defaults (service, learner process, 2 robots over HTTP).
 - ``ours_demos``: ``robot-sac up`` with the scripted expert (see ``DEMO_OPTIONS``): on the reach
   ``--demos 10 --sac '{"utd": 3}'`` (ten demonstrations first, half of each batch from them as
