@@ -144,13 +144,21 @@ class RobotView(_Answer):
     last_act_age_s: float | None
     last_version: int | None = Field(description="The version that answered its last act.")
     acts: int = Field(description="Acts answered here since this replica started.")
-    episodes: int = Field(description="Episodes it ended (transitions logged here).")
+    episodes: int | None = Field(
+        description="Episodes it ended (transitions logged here); null while the store cannot "
+        "be read."
+    )
     last_return: float | None = Field(description="The return of its last ended episode.")
     mean_return: float | None = Field(description="Mean return of its recent episodes.")
 
 
 class RobotsResponse(_Answer):
     robots: list[RobotView]
+    store_error: str | None = Field(
+        default=None,
+        description="Why the episodes are missing: the store could not be read. The robots that "
+        "acted here and the holds are listed all the same.",
+    )
 
 
 class PolicyView(_Answer):

@@ -98,6 +98,13 @@ def test_acts_go_on_writes_get_503_and_nothing_acknowledged_is_lost_while_the_da
         assert r.json()["hold_persisted"] is False
         act = c.post("/v1/act", json={"obs": OBS}).json()
         assert act["hold"] is True
+        # The robots view: who acted here and who is held, without the episodes, and why.
+        assert c.post("/v1/act", json={"obs": OBS, "robot_id": "arm-1"}).json()["hold"] is True
+        robots = c.get("/v1/admin/robots")
+        assert robots.status_code == 200, robots.text
+        assert "store" in robots.json()["store_error"]
+        (arm,) = [r for r in robots.json()["robots"] if r["robot_id"] == "arm-1"]
+        assert arm["held"] is True and arm["acts"] >= 1 and arm["episodes"] is None
         # /readyz: still ready (acts are answered) and says the store is away.
         ready = c.get("/readyz")
         assert ready.status_code == 200

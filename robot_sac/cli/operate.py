@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from robot_sac.cli.app import DEFAULT_URL, OPERATE_PANEL, app, fail
+from robot_sac.cli.app import DEFAULT_URL, OPERATE_PANEL, app, fail, say_error
 
 if TYPE_CHECKING:  # imported inside the commands, so `robot-sac --help` does not load them
     from rich.console import Console
@@ -120,6 +120,8 @@ def robots(
         _print_json(reply.raw)
     else:
         _console().print(robots_view(reply.model))
+        if reply.model.store_error:
+            say_error(f"warning: no episodes: {reply.model.store_error}")
 
 
 @app.command(rich_help_panel=OPERATE_PANEL)

@@ -172,7 +172,7 @@ def robots_view(robots: RobotsResponse) -> Table | Text:
             DASH if r.last_act_age_s is None else f"{r.last_act_age_s:.0f} s ago",
             number(r.last_version, "d"),
             str(r.acts),
-            str(r.episodes),
+            number(r.episodes, "d"),
             number(r.last_return, ".2f"),
             number(r.mean_return, ".2f"),
         )

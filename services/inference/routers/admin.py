@@ -33,7 +33,7 @@ from robot_sac.admin_schemas import (
 from robot_sac.policy import PolicyFileError, load_policy
 from robot_sac.schemas import PinRequest
 from robot_sac.services.inference.activity import MAX_ROBOTS
-from robot_sac.services.inference.deps import AppState, Incoming, get_state
+from robot_sac.services.inference.deps import AppState, Incoming, get_state, store_refusal
 from robot_sac.store import StoreError, UnknownVersion
 
 log = logging.getLogger("robot_sac.service")
@@ -134,16 +134,22 @@ async def status(state: AppState = Depends(get_state)) -> StatusResponse:
 async def robots(state: AppState = Depends(get_state)) -> RobotsResponse:
     """The robots seen: those that acted here (naming themselves with ``robot_id``), those that
     ended episodes (from the store, every replica's), and those held one by one; the most
-    recently active first."""
+    recently active first. While the store cannot be read, the robots that acted here and the
+    holds are listed without their episodes (``store_error`` says why)."""
     acted = state.robots.snapshot()
     held_alone = state.serving.held_robots
     hold_all = state.serving.hold
-    episodes = {
-        r.robot_id: r
-        for r in await anyio.to_thread.run_sync(
-            lambda: state.store.episodes_by_robot(recent=10, robots=MAX_ROBOTS)
-        )
-    }
+    store_error = None
+    try:
+        episodes = {
+            r.robot_id: r
+            for r in await anyio.to_thread.run_sync(
+                lambda: state.store.episodes_by_robot(recent=10, robots=MAX_ROBOTS)
+            )
+        }
+    except StoreError as exc:
+        # In an outage the operator still needs to see who is acting and who is held.
+        episodes, store_error = {}, store_refusal(exc).detail
     now = time.time()
     views: list[tuple[float, RobotView]] = []
     for robot_id in acted.keys() | episodes.keys() | held_alone:
@@ -157,7 +163,7 @@ async def robots(state: AppState = Depends(get_state)) -> RobotsResponse:
             last_act_age_s=None if act is None else round(now - act.last_act_at, 3),
             last_version=None if act is None else act.last_version,
             acts=0 if act is None else act.acts,
-            episodes=0 if e is None else e.episodes,
+            episodes=None if store_error else 0 if e is None else e.episodes,
             last_return=returns[0] if returns else None,
             mean_return=sum(returns) / len(returns) if returns else None,
         )
@@ -166,7 +172,7 @@ async def robots(state: AppState = Depends(get_state)) -> RobotsResponse:
         )
         views.append((seen_at, view))
     views.sort(key=lambda pair: (-pair[0], pair[1].robot_id))
-    return RobotsResponse(robots=[view for _, view in views])
+    return RobotsResponse(robots=[view for _, view in views], store_error=store_error)
 
 
 @router.get("/policies", response_model=PoliciesResponse)

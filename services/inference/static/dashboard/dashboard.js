@@ -308,6 +308,8 @@
   function render(status, robots, policies) {
     renderStatus(status);
     renderRobots(robots ? robots.robots : null, status);
+    setText('robots-store', robots && robots.store_error ? `Episodes unavailable: ${robots.store_error}` : '');
+    $('robots-store').hidden = !(robots && robots.store_error);
     renderVersions(policies ? policies.policies : null, status);
     renderChart(policies ? policies.policies : [], status.episodes || []);
   }
