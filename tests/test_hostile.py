@@ -23,6 +23,7 @@ import httpx
 import msgspec
 import pytest
 
+from robot_sac.admin_schemas import LearnerStatus
 from robot_sac.settings import Settings
 from tests.servers import (
     CHEETAH,
@@ -599,16 +600,16 @@ def test_a_faulted_learner_and_its_quarantine_show_in_status_and_metrics(
 ) -> None:
     """The learner's status row (as a faulted learner writes it) as the operator sees it."""
     service.state.store.write_learner_status(
-        {
-            "state": "faulted",
-            "fault": "2 rollbacks without a good state in between",
-            "updates": 1200,
-            "quarantined_rows": 3,
-            "quarantined_positions": [17, 18, 40],
-            "skipped_updates": 7,
-            "rollbacks": 2,
-            "losses": {"loss_qvalue": float("inf"), "loss_actor": 0.5},
-        }
+        LearnerStatus(
+            state="faulted",
+            fault="2 rollbacks without a good state in between",
+            updates=1200,
+            quarantined_rows=3,
+            quarantined_positions=[17, 18, 40],
+            skipped_updates=7,
+            rollbacks=2,
+            losses={"loss_qvalue": float("inf"), "loss_actor": 0.5},
+        )
     )
     c = service.client()
     learner = c.get("/v1/admin/status").json()["learner"]
