@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path("data"), description="SQLite store, policy files, learner checkpoint."
     )
-    store_url: str | None = Field(
+    # A secret: the URL may hold the database's password, so it is never printed or logged.
+    store_url: SecretStr | None = Field(
         default=None, description="postgresql://... for a fleet; default: SQLite in data_dir."
     )
     device: str = Field(default="auto", description=f"{DEVICE_CHOICES}.")
@@ -211,3 +212,8 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.robot_token is not None or self.operator_token is not None
+
+    @property
+    def store_url_value(self) -> str | None:
+        """The store's URL itself, for opening the store only (it may hold a password)."""
+        return None if self.store_url is None else self.store_url.get_secret_value()

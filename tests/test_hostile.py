@@ -507,6 +507,15 @@ def test_serve_with_equal_tokens_exits_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "same" in lines[0], out.stderr
 
 
+def test_the_store_url_and_its_password_never_show_in_the_settings() -> None:
+    url = "postgresql://robot_sac:hunter2-db-password@db.lab:5432/cell"
+    settings = Settings(store_url=url)
+    assert settings.store_url_value == url  # what opening the store gets
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in shown
+    assert Settings().store_url_value is None
+
+
 def test_only_one_token_is_warned_about() -> None:
     only_robot = Settings(robot_token="robot-secret-token")
     assert any("operator" in w for w in only_robot.token_warnings())

@@ -230,7 +230,7 @@ def open_store(spec: TaskSpec, settings: Settings, wait_s: float = 60.0) -> Stor
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return open_(spec, settings.data_dir, settings.store_url)
+            return open_(spec, settings.data_dir, settings.store_url_value)
         except StoreBusy as exc:
             if time.monotonic() > deadline:
                 raise fail(str(exc)) from None

@@ -108,7 +108,10 @@ def create_app(settings: Settings, spec: TaskSpec, store: Store | None = None) -
         own_store = store is None
         st = store or await _patiently(
             lambda: open_store(
-                spec, settings.data_dir, settings.store_url, busy_timeout_s=settings.store_wait_s
+                spec,
+                settings.data_dir,
+                settings.store_url_value,
+                busy_timeout_s=settings.store_wait_s,
             )
         )
         metrics = ServiceMetrics()
