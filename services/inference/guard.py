@@ -10,6 +10,10 @@ the body already read (``scope["robot_sac.body"]``), its ``Content-Type``
 (``scope["robot_sac.content_type"]``), and the ``X-Deadline-Ms`` header as an absolute deadline
 (``scope["robot_sac.deadline"]``, monotonic seconds).
 
+The operator's hold (``POST /v1/admin/hold``) is the one exception after the token: it is never
+rate-limited, and a hold refused for anything past its token (a bad deadline, 415, 413, 408, a
+sender that hangs up) holds every robot before the refusal goes out.
+
 Plain ASGI, not ``BaseHTTPMiddleware``: this runs on every act, so it keeps to one pass over the
 headers and a few comparisons.
 """
