@@ -161,8 +161,11 @@ def main() -> None:
         f"   (version {newest.version}, {newest.updates:,} updates, {logged:,} transitions)"
     )
     print(f"  SB3 SAC in-process:        mean return {means['sb3']:9.1f}")
-    verdict = "met" if means["ours"] >= means["sb3"] else "NOT met"
-    print(f"goal: at least SB3's return at the same step count -> {verdict}")
+    ratio = means["ours"] / means["sb3"] if means["sb3"] > 0 else float("nan")
+    # The goal of the day: SB3's return with the task's settings; 1.5x it with RL Zoo's.
+    wanted = 1.5 if args.sb3_settings == "zoo" else 1.0
+    verdict = "met" if ratio >= wanted else "NOT met"
+    print(f"ours / SB3 = {ratio:.2f}; goal: at least {wanted}x SB3's return -> {verdict}")
     payload = {
         "benchmark": "long_run",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,6 +185,7 @@ def main() -> None:
             "transitions": logged,
             "wall_s": wall_ours,
         },
+        "ratio": ratio,
         "sb3": {
             "returns": results["sb3"],
             "mean": means["sb3"],
