@@ -59,13 +59,16 @@ def standard_error(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def up_command(env_id: str, robots: int, steps: int, data: Path, seed: int = 0) -> list[str]:
-    """``robot-sac up`` on a free port, as a subprocess's argument list."""
+def up_command(
+    env_id: str, robots: int, steps: int, data: Path, seed: int = 0, sac: str | None = None
+) -> list[str]:
+    """``robot-sac up`` on a free port, as a subprocess's argument list (``sac``: its --sac)."""
     return processes.robot_sac_command(
         [
             *("up", "--env", env_id),
             *("--robots", str(robots), "--steps", str(steps), "--data-dir", str(data)),
             *("--port", str(processes.free_port()), "--seed", str(seed)),
+            *(() if sac is None else ("--sac", sac)),
         ]
     )
 

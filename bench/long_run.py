@@ -12,6 +12,7 @@ deterministic policy on ``--episodes`` episodes with seeds neither run used.
     python bench/long_run.py              # HalfCheetahBulletEnv-v0, 100k steps
     python bench/long_run.py --env HopperBulletEnv-v0 --steps 50000
     python bench/long_run.py --sb3-settings zoo --seed 1   # SB3 with all of RL Zoo's settings
+    python bench/long_run.py --sb3-settings zoo --seed 1 --sac '{"hidden": [400, 300]}'  # ours too
 
 ``--sb3-settings zoo`` gives SB3 every one of RL Zoo's SAC settings for the PyBullet tasks
 (``RL_ZOO_PYBULLET``: gSDE with log_std_init -3, [400, 300] networks, 8 gradient steps every 8
@@ -57,9 +58,15 @@ def score(env_id: str, act: Any, episodes: int) -> list[float]:
 
 
 def start_ours(
-    env_id: str, steps: int, robots: int, data: Path, log: Path, seed: int = 0
+    env_id: str,
+    steps: int,
+    robots: int,
+    data: Path,
+    log: Path,
+    seed: int = 0,
+    sac: str | None = None,
 ) -> subprocess.Popen:
-    cmd = up_command(env_id, robots, steps, data, seed=seed * 10)
+    cmd = up_command(env_id, robots, steps, data, seed=seed * 10, sac=sac)
     return processes.spawn_command(cmd, log, cwd=ROOT)  # ends with this script, whatever ends it
 
 
@@ -120,6 +127,9 @@ def main() -> None:
         help="SB3 with the task's tuned settings (as ours) or with all of RL Zoo's",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sac", help="ours with these SAC settings (up's --sac JSON); tags the output file"
+    )
     parser.add_argument("--sb3-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sb3_to is not None:
@@ -130,7 +140,7 @@ def main() -> None:
     print(f"{args.env}, {args.steps:,} steps; logs in {work}", flush=True)
     start = time.time()
     ours = start_ours(
-        args.env, args.steps, args.robots, work / "ours", work / "ours.log", args.seed
+        args.env, args.steps, args.robots, work / "ours", work / "ours.log", args.seed, args.sac
     )
     sb3 = start_sb3(
         args.env, args.steps, work / "sb3.zip", work / "sb3.log", args.sb3_settings, args.seed
@@ -174,6 +184,7 @@ def main() -> None:
         "robots": args.robots,
         "episodes": args.episodes,
         "seed": args.seed,
+        "ours_sac": args.sac,
         "sb3_settings": RL_ZOO_PYBULLET if args.sb3_settings == "zoo" else "the task's tuned",
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
@@ -194,7 +205,10 @@ def main() -> None:
     }
     # the first run's name is kept as it was (seed 0, the task's tuned settings)
     first = (args.seed, args.sb3_settings) == (0, "ours")
+    first = first and args.sac is None
     tag = "" if first else f"_{args.sb3_settings}_{args.seed}"
+    if args.sac is not None:  # one file per variant: "_sac_" and the settings' letters and digits
+        tag += "_sac_" + "".join(c if c.isalnum() else "_" for c in args.sac).strip("_")
     out = ROOT / "bench" / "results" / f"long_run_{args.env}{tag}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
